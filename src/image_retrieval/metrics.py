@@ -1,0 +1,393 @@
+"""Exact nearest-neighbour search and the retrieval metrics of the evaluate stage.
+
+Protocol
+--------
+Each query is scored against each gallery row by inner product, which equals
+cosine similarity when the embeddings are L2-normalised. There are two modes:
+
+* leave-one-out (no gallery given): the queries are the gallery, and each
+  query is removed from its own results by its row index, not by rank. A
+  duplicate of the query at another row can still be retrieved, even at rank 1.
+* query/gallery: each query is scored against the gallery rows only.
+
+Ties between equal scores are broken by ascending gallery row index. This rule
+also applies at the k-th result: when more rows share the k-th score than fit in the
+top k, the rows with the lowest indices are kept.
+
+The search scores `chunk_size` queries at a time with one float32 matrix
+product, so peak memory is a small multiple of chunk_size x gallery rows
+float32 values, never a full query x gallery matrix.
+
+Metrics
+-------
+R is the number of relevant gallery rows of a query: the rows with the query's
+label, not counting the query itself in leave-one-out mode.
+
+* Recall@K: 1 if at least one of the top K results is relevant, else 0.
+* MAP@R: (1/R) * sum over ranks i = 1..R of P(i) * rel(i), where P(i) is the
+  precision of the top i results and rel(i) is 1 if result i is relevant.
+  This is the metric of Musgrave, Belongie and Lim, "A Metric Learning Reality
+  Check" (ECCV 2020).
+* R-precision: the number of relevant results in the top R, divided by R.
+
+Each metric is the mean over the queries. A query with R == 0 has no relevant
+row, so it is left out of every metric and counted in `num_excluded_queries`.
+Recall@K is reported only for K up to the number of candidate gallery rows
+(N - 1 in leave-one-out mode).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal, overload
+
+import numpy as np
+
+DEFAULT_RECALL_AT = (1, 10, 100, 1000)
+
+
+@dataclass
+class RetrievalMetrics:
+    """Retrieval metrics averaged over the scored queries, each in [0, 1]."""
+
+    # K -> Recall@K, for each requested K up to the number of candidate gallery rows.
+    recall_at_k: dict[int, float]
+    map_at_r: float
+    r_precision: float
+    # Queries that count towards the metrics, which are those with R > 0.
+    num_queries: int
+    # Queries with R == 0, left out of every metric.
+    num_excluded_queries: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        """Flatten into a JSON-ready dict with keys "recall@K", "map@r", "r_precision" and the query counts."""
+        flat: dict[str, float | int] = {
+            f"recall@{top_k}": value for top_k, value in sorted(self.recall_at_k.items())
+        }
+        flat["map@r"] = self.map_at_r
+        flat["r_precision"] = self.r_precision
+        flat["num_queries"] = self.num_queries
+        flat["num_excluded_queries"] = self.num_excluded_queries
+        return flat
+
+
+def exact_search(
+    query_embeddings: np.ndarray,
+    gallery_embeddings: np.ndarray,
+    k: int,
+    *,
+    chunk_size: int = 1024,
+    exclude_self: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Find the k gallery rows with the highest inner product for each query.
+
+    Args:
+        query_embeddings: [Q, D] float array, converted to float32.
+        gallery_embeddings: [G, D] float array, converted to float32.
+        k: results per query, from 1 to G (to G - 1 with exclude_self).
+        chunk_size: queries scored per matrix product. Peak memory is a small
+            multiple of chunk_size x G float32 values.
+        exclude_self: drop gallery row i from the results of query i, as when
+            the queries are the gallery. Requires Q == G.
+
+    Returns:
+        scores: [Q, k] float32 inner products, in descending order per row.
+        indices: [Q, k] int64 gallery row indices. Rows with equal scores are
+            ordered by ascending index, also at the k-th result.
+
+    Raises:
+        ValueError: on an array that is not 2-D, is empty or contains NaN or
+            infinite values, on different embedding dimensions, on k or
+            chunk_size below 1, on k above the number of candidate gallery
+            rows, and on exclude_self with Q != G.
+    """
+    queries = _as_embeddings(query_embeddings, "query_embeddings")
+    gallery = _as_embeddings(gallery_embeddings, "gallery_embeddings")
+    _check_same_dimension(queries, gallery)
+    _check_positive_int(k, "k")
+    _check_positive_int(chunk_size, "chunk_size")
+
+    if exclude_self and len(queries) != len(gallery):
+        raise ValueError(
+            f"exclude_self=True requires as many queries as gallery rows, got "
+            f"{len(queries)} queries and {len(gallery)} gallery rows; pass exclude_self=False "
+            "when the queries are not the gallery"
+        )
+
+    num_candidates = len(gallery) - 1 if exclude_self else len(gallery)
+    if k > num_candidates:
+        raise ValueError(
+            f"k={k} is larger than the {num_candidates} candidate gallery rows per query; "
+            f"use k <= {num_candidates}"
+        )
+
+    scores = np.empty((len(queries), k), dtype=np.float32)
+    indices = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), chunk_size):
+        stop = min(start + chunk_size, len(queries))
+        chunk_scores = queries[start:stop] @ gallery.T
+
+        if not np.isfinite(chunk_scores).all():
+            raise ValueError(
+                f"inner products of query rows {start}..{stop - 1} overflow float32; "
+                "L2-normalise the embeddings"
+            )
+
+        if exclude_self:
+            chunk_scores = _drop_self_columns(chunk_scores, first_row=start)
+
+        positions = _top_k_positions(chunk_scores, k)
+        scores[start:stop] = np.take_along_axis(chunk_scores, positions, axis=1)
+
+        if exclude_self:
+            # Column j of the reduced matrix is gallery row j before the query's
+            # own row and row j + 1 after it.
+            self_rows = np.arange(start, stop)[:, None]
+            indices[start:stop] = positions + (positions >= self_rows)
+        else:
+            indices[start:stop] = positions
+
+    return scores, indices
+
+
+@overload
+def evaluate_retrieval(
+    query_embeddings: np.ndarray,
+    query_labels: np.ndarray,
+    gallery_embeddings: np.ndarray | None = None,
+    gallery_labels: np.ndarray | None = None,
+    *,
+    recall_at: Iterable[int] = DEFAULT_RECALL_AT,
+    chunk_size: int = 1024,
+    return_neighbors: Literal[False] = False,
+) -> RetrievalMetrics: ...
+
+
+@overload
+def evaluate_retrieval(
+    query_embeddings: np.ndarray,
+    query_labels: np.ndarray,
+    gallery_embeddings: np.ndarray | None = None,
+    gallery_labels: np.ndarray | None = None,
+    *,
+    recall_at: Iterable[int] = DEFAULT_RECALL_AT,
+    chunk_size: int = 1024,
+    return_neighbors: Literal[True],
+) -> tuple[RetrievalMetrics, np.ndarray]: ...
+
+
+def evaluate_retrieval(
+    query_embeddings,
+    query_labels,
+    gallery_embeddings=None,
+    gallery_labels=None,
+    *,
+    recall_at=DEFAULT_RECALL_AT,
+    chunk_size=1024,
+    return_neighbors=False,
+):
+    """Compute Recall@K, MAP@R and R-precision with an exact search.
+
+    Leave-one-out mode when gallery_embeddings is None, else query/gallery mode.
+    The module docstring defines the protocol, the tie rule and the metrics.
+
+    Args:
+        query_embeddings: [Q, D] float array, L2-normalised so that the inner
+            product is cosine similarity.
+        query_labels: [Q] integer class labels.
+        gallery_embeddings: [G, D] float array, or None for leave-one-out.
+        gallery_labels: [G] integer class labels; given exactly when
+            gallery_embeddings is.
+        recall_at: the K values of Recall@K. A K above the number of candidate
+            gallery rows is left out of `recall_at_k`.
+        chunk_size: queries scored per matrix product (see `exact_search`).
+        return_neighbors: also return the neighbours that the metrics used.
+
+    Returns:
+        The metrics, or with return_neighbors=True a tuple (metrics, neighbors).
+        `neighbors` is a [Q, k] int64 array of gallery row indices, best first,
+        with k = min(candidate rows, max(max K requested, max R)). It has a row
+        for every query, also for the queries that the metrics exclude.
+
+    Raises:
+        ValueError: on invalid embeddings (see `exact_search`), on labels that
+            are not a 1-D integer array with one label per embedding, on a
+            gallery given without its labels or the reverse, on a K or
+            chunk_size below 1, and when every query has R == 0, so that no
+            metric is defined.
+    """
+    leave_one_out = gallery_embeddings is None
+    if leave_one_out and gallery_labels is not None:
+        raise ValueError(
+            "gallery_labels was given without gallery_embeddings; pass both for "
+            "query/gallery mode, or neither for leave-one-out mode"
+        )
+    if not leave_one_out and gallery_labels is None:
+        raise ValueError(
+            "gallery_embeddings was given without gallery_labels; pass both for "
+            "query/gallery mode, or neither for leave-one-out mode"
+        )
+
+    queries = _as_embeddings(query_embeddings, "query_embeddings")
+    query_labels = _as_labels(query_labels, "query_labels", len(queries), "query_embeddings")
+    if leave_one_out:
+        gallery, gallery_labels = queries, query_labels
+    else:
+        gallery = _as_embeddings(gallery_embeddings, "gallery_embeddings")
+        gallery_labels = _as_labels(
+            gallery_labels, "gallery_labels", len(gallery), "gallery_embeddings"
+        )
+        _check_same_dimension(queries, gallery)
+
+    recall_ks = _as_recall_ks(recall_at)
+    _check_positive_int(chunk_size, "chunk_size")
+
+    relevant_counts = _count_relevant(query_labels, gallery_labels, leave_one_out)
+    is_scored = relevant_counts > 0
+    if not is_scored.any():
+        raise ValueError(
+            f"none of the {len(queries)} queries has a relevant gallery row (R == 0 for "
+            "every query), so no metric is defined; each query label needs at least one "
+            "other gallery image with that label"
+        )
+
+    num_candidates = len(gallery) - 1 if leave_one_out else len(gallery)
+    reported_ks = [top_k for top_k in recall_ks if top_k <= num_candidates]
+    k = min(num_candidates, max([*recall_ks, int(relevant_counts.max())]))
+
+    _, neighbors = exact_search(
+        queries, gallery, k, chunk_size=chunk_size, exclude_self=leave_one_out
+    )
+
+    is_relevant = gallery_labels[neighbors[is_scored]] == query_labels[is_scored, None]
+    metrics = _average_metrics(is_relevant, relevant_counts[is_scored], reported_ks)
+    metrics.num_excluded_queries = int(np.count_nonzero(~is_scored))
+
+    if return_neighbors:
+        return metrics, neighbors
+    return metrics
+
+
+def _average_metrics(
+    is_relevant: np.ndarray, relevant_counts: np.ndarray, recall_ks: list[int]
+) -> RetrievalMetrics:
+    """Average the metrics over n queries from the [n, k] relevance of their ranked results and their [n] R values, all > 0."""
+    ranks = np.arange(1, is_relevant.shape[1] + 1)
+
+    recall_at_k = {
+        top_k: float(is_relevant[:, :top_k].any(axis=1).mean()) for top_k in recall_ks
+    }
+
+    # Only the top R results count towards MAP@R and R-precision.
+    is_relevant_within_r = is_relevant & (ranks <= relevant_counts[:, None])
+    precision_at_rank = np.cumsum(is_relevant_within_r, axis=1) / ranks
+    average_precision_at_r = (precision_at_rank * is_relevant_within_r).sum(axis=1) / relevant_counts
+    r_precision = is_relevant_within_r.sum(axis=1) / relevant_counts
+
+    return RetrievalMetrics(
+        recall_at_k=recall_at_k,
+        map_at_r=float(average_precision_at_r.mean()),
+        r_precision=float(r_precision.mean()),
+        num_queries=len(relevant_counts),
+        num_excluded_queries=0,
+    )
+
+
+def _top_k_positions(scores: np.ndarray, k: int) -> np.ndarray:
+    """Return [rows, k] column positions of the k highest scores per row, ties by ascending column."""
+    num_columns = scores.shape[1]
+    kth_scores = np.partition(scores, num_columns - k, axis=1)[:, num_columns - k, None]
+    is_above = scores > kth_scores
+    is_at_kth = scores == kth_scores
+    is_selected = is_above | is_at_kth
+
+    # A row where more than k columns reach the k-th score has a tie at the
+    # boundary, so it keeps only the lowest columns among those equal to the
+    # k-th score.
+    tied_rows = np.flatnonzero(is_selected.sum(axis=1) > k)
+    if tied_rows.size:
+        num_needed = k - is_above[tied_rows].sum(axis=1, keepdims=True)
+        rank_among_tied = np.cumsum(is_at_kth[tied_rows], axis=1)
+        is_selected[tied_rows] = is_above[tied_rows] | (
+            is_at_kth[tied_rows] & (rank_among_tied <= num_needed)
+        )
+
+    # np.nonzero lists each row's columns in ascending order, and the stable
+    # sort keeps that order among equal scores.
+    positions = np.nonzero(is_selected)[1].reshape(len(scores), k)
+    order = np.argsort(-np.take_along_axis(scores, positions, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(positions, order, axis=1)
+
+
+def _drop_self_columns(chunk_scores: np.ndarray, first_row: int) -> np.ndarray:
+    """Remove column first_row + i from row i of a [c, G] matrix and return the [c, G - 1] rest in column order."""
+    rows = np.arange(len(chunk_scores))
+    keep = np.ones(chunk_scores.shape, dtype=bool)
+    keep[rows, first_row + rows] = False
+    return chunk_scores[keep].reshape(len(chunk_scores), -1)
+
+
+def _count_relevant(
+    query_labels: np.ndarray, gallery_labels: np.ndarray, leave_one_out: bool
+) -> np.ndarray:
+    """Return R per query: [Q] int64 counts of gallery rows with its label, minus itself in leave-one-out."""
+    labels, counts = np.unique(gallery_labels, return_counts=True)
+    positions = np.minimum(np.searchsorted(labels, query_labels), len(labels) - 1)
+    is_in_gallery = labels[positions] == query_labels
+    relevant_counts = np.where(is_in_gallery, counts[positions], 0).astype(np.int64)
+    if leave_one_out:
+        relevant_counts -= 1
+    return relevant_counts
+
+
+def _as_embeddings(embeddings: np.ndarray, name: str) -> np.ndarray:
+    array = np.asarray(embeddings)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array [rows, dimension], got shape {array.shape}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one row and one column, got shape {array.shape}")
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise ValueError(f"{name} must be a real-valued array, got dtype {array.dtype}")
+
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    is_finite_row = np.isfinite(array).all(axis=1)
+    if not is_finite_row.all():
+        first_bad_row = int(np.flatnonzero(~is_finite_row)[0])
+        raise ValueError(f"{name} contains NaN or infinite values, first in row {first_bad_row}")
+    return array
+
+
+def _as_labels(labels: np.ndarray, name: str, num_rows: int, embeddings_name: str) -> np.ndarray:
+    array = np.asarray(labels)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array, got shape {array.shape}")
+    if len(array) != num_rows:
+        raise ValueError(
+            f"{name} has {len(array)} labels but {embeddings_name} has {num_rows} rows; "
+            "pass one label per embedding"
+        )
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{name} must contain integers, got dtype {array.dtype}")
+    return array.astype(np.int64, copy=False)
+
+
+def _as_recall_ks(recall_at: Iterable[int]) -> list[int]:
+    recall_ks = list(recall_at)
+    for top_k in recall_ks:
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+            raise ValueError(f"recall_at must contain positive integers, got {top_k!r} in {recall_ks!r}")
+    return sorted({int(top_k) for top_k in recall_ks})
+
+
+def _check_same_dimension(queries: np.ndarray, gallery: np.ndarray) -> None:
+    if queries.shape[1] != gallery.shape[1]:
+        raise ValueError(
+            f"query_embeddings have dimension {queries.shape[1]} but gallery_embeddings have "
+            f"dimension {gallery.shape[1]}; embed both with the same model"
+        )
+
+
+def _check_positive_int(value: int, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -1,0 +1,21 @@
+"""Index stage: `python stages/index.py {base|finetuned}` builds data/index/<name> from its embeddings."""
+
+import sys
+from pathlib import Path
+
+from image_retrieval.config import load_params
+from image_retrieval.index import index_embeddings
+from image_retrieval.stage import run_stage
+
+MODELS = ("base", "finetuned")
+
+
+def main() -> None:
+    if len(sys.argv) != 2 or sys.argv[1] not in MODELS:
+        sys.exit("usage: python stages/index.py {base|finetuned}")
+    model = sys.argv[1]
+    index_embeddings(Path("data/embeddings") / model, load_params("index").factory, Path("data/index") / model)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,124 @@
+"""End to end: real `dvc repro` and `dvc exp run` in a temporary git repository.
+
+The pipeline runs on 48 demo images and a tiny random DINOv2 saved with
+save_pretrained, so every stage runs for real in about a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO_ROOT, copy_demo_subset, save_tiny_dinov2
+
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "src")
+ALL_STAGES = (
+    "fetch@data", "fetch@model", "prepare", "train",
+    "embed@base", "embed@finetuned", "index@base", "index@finetuned", "evaluate",
+)
+
+
+def run(command: list[str], cwd: Path) -> str:
+    environment = dict(os.environ)
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"
+    environment["IMAGE_RETRIEVAL_LOG_LEVEL"] = "WARNING"
+    completed = subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True)
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, f"{' '.join(command)} failed:\n{output}"
+    return output
+
+
+@pytest.fixture(scope="module")
+def pipeline_repo(tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("pipeline")
+    for name in PROJECT_FILES:
+        source = REPO_ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, repo / name)
+    copy_demo_subset(repo / "data" / "demo" / "images", num_classes=4, images_per_class=12)
+    save_tiny_dinov2(repo / "tiny-dinov2")
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["model"].update(name="tiny-dinov2", resolution=28)
+    params["prepare"].update(val_fraction=0.25, test_fraction=0.25)
+    params["train"].update(epochs=2, batch_size=8, images_per_class=2)
+    params["embed"].update(batch_size=16)
+    params["evaluate"].update(recall_at=[1, 10], example_queries=2, example_top_k=3)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    run(["git", "init", "-q"], repo)
+    run(["git", "config", "user.email", "test@example.com"], repo)
+    run(["git", "config", "user.name", "Test"], repo)
+    run(["dvc", "init", "-q"], repo)
+    run(["dvc", "config", "core.analytics", "false"], repo)
+    return repo
+
+
+def test_repro_runs_every_stage(pipeline_repo: Path) -> None:
+    output = run(["dvc", "repro"], pipeline_repo)
+
+    for stage in ALL_STAGES:
+        assert f"Running stage '{stage}'" in output
+
+    results = json.loads((pipeline_repo / "metrics" / "evaluate.json").read_text())
+    for model in ("base", "finetuned"):
+        assert 0.0 <= results[model]["recall@1"] <= 1.0
+        assert results[model]["num_queries"] == 12
+    assert (pipeline_repo / "metrics" / "plots" / "recall_at_k.png").stat().st_size > 0
+    assert (pipeline_repo / "metrics" / "plots" / "example_queries.png").stat().st_size > 0
+    assert (pipeline_repo / "models" / "finetuned" / "embedder.json").is_file()
+
+
+def test_repro_again_does_nothing(pipeline_repo: Path) -> None:
+    output = run(["dvc", "repro"], pipeline_repo)
+
+    assert "Running stage" not in output
+    status = run(["dvc", "status", "--json"], pipeline_repo)
+    assert json.loads(status) == {}
+
+
+def test_exp_run_reruns_only_train_onwards(pipeline_repo: Path) -> None:
+    run(["git", "add", "-A"], pipeline_repo)
+    run(["git", "commit", "-q", "-m", "Baseline"], pipeline_repo)
+
+    output = run(["dvc", "exp", "run", "-S", "train.lr=1e-2"], pipeline_repo)
+
+    for stage in ("train", "embed@finetuned", "index@finetuned", "evaluate"):
+        assert f"Running stage '{stage}'" in output
+    for stage in ("fetch@data", "fetch@model", "prepare", "embed@base", "index@base"):
+        assert f"Running stage '{stage}'" not in output
+
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], pipeline_repo))
+    train_diff = diff["metrics/train.json"]
+    assert train_diff["final_train_loss"]["diff"] != 0
+
+    experiments = json.loads(run(["dvc", "exp", "show", "--json"], pipeline_repo))
+    shown = json.dumps(experiments)
+    assert "0.01" in shown
+    assert "final_train_loss" in shown
+
+
+def test_model_change_keeps_data(pipeline_repo: Path) -> None:
+    save_tiny_dinov2(pipeline_repo / "other-dinov2")
+    params_path = pipeline_repo / "params.yaml"
+    original = params_path.read_text()
+    params = yaml.safe_load(original)
+    params["model"]["name"] = "other-dinov2"
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        changed = json.loads(run(["dvc", "status", "--json"], pipeline_repo))
+    finally:
+        params_path.write_text(original)
+
+    assert "fetch@model" in changed
+    assert "fetch@data" not in changed
+    assert "prepare" not in changed
