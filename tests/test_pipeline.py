@@ -60,6 +60,8 @@ def pipeline_repo(tmp_path_factory) -> Path:
     run(["git", "config", "user.name", "Test"], repo)
     run(["dvc", "init", "-q"], repo)
     run(["dvc", "config", "core.analytics", "false"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", "Project files"], repo)
     return repo
 
 
