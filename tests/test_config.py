@@ -25,8 +25,8 @@ def test_repository_params_load() -> None:
 def test_missing_section_uses_defaults(tmp_path: Path) -> None:
     config = load_params("train", write_params(tmp_path, {}))
 
-    assert config.lr == 3e-4
-    assert config.lora.target_modules == ["query", "value"]
+    assert config.lr == 1e-3
+    assert config.lora.target_modules == ["query", "key", "value", "dense", "fc1", "fc2"]
 
 
 def test_yaml_string_float_accepted(tmp_path: Path) -> None:

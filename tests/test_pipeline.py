@@ -124,3 +124,39 @@ def test_model_change_keeps_data(pipeline_repo: Path) -> None:
     assert "fetch@model" in changed
     assert "fetch@data" not in changed
     assert "prepare" not in changed
+
+
+def test_search_prints_nearest_images(pipeline_repo: Path) -> None:
+    query = next((pipeline_repo / "data" / "demo" / "images").glob("*/*.png"))
+
+    output = run(["image-retrieval", "search", str(query), "--top-k", "3"], pipeline_repo)
+
+    assert "rank" in output
+    assert output.count("data/raw/demo/images/") == 3
+
+
+def test_search_rejects_other_models_index(pipeline_repo: Path) -> None:
+    query = next((pipeline_repo / "data" / "demo" / "images").glob("*/*.png"))
+    environment = dict(os.environ)
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"
+
+    completed = subprocess.run(
+        ["image-retrieval", "search", str(query), "--index-dir", "data/index/base"],
+        cwd=pipeline_repo, env=environment, capture_output=True, text=True,
+    )
+
+    assert completed.returncode != 0
+    assert "model fingerprint" in completed.stderr
+
+
+def test_search_missing_image_named(pipeline_repo: Path) -> None:
+    environment = dict(os.environ)
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"
+
+    completed = subprocess.run(
+        ["image-retrieval", "search", "no-such-photo.jpg"],
+        cwd=pipeline_repo, env=environment, capture_output=True, text=True,
+    )
+
+    assert completed.returncode != 0
+    assert "no-such-photo.jpg" in completed.stderr

@@ -64,15 +64,17 @@ class LoraConfig:
     dropout: float = 0.0
     # Matched against the model's module names; "query" also matches
     # transformers 5's "q_proj", so one list works for both naming schemes.
-    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+    target_modules: list[str] = field(
+        default_factory=lambda: ["query", "key", "value", "dense", "fc1", "fc2"]
+    )
 
 
 @dataclass
 class TrainConfig:
     mode: Literal["lora"] = "lora"
-    lr: float = 3e-4
+    lr: float = 1e-3
     weight_decay: float = 0.05
-    epochs: int = 6
+    epochs: int = 10
     # Images per batch: batch_size / images_per_class classes, images_per_class images each.
     batch_size: int = 64
     images_per_class: int = 8

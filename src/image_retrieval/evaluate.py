@@ -112,9 +112,17 @@ def evaluate_models(
     num_examples = min(config.example_queries, len(labels))
     query_rows = np.sort(rng.choice(len(labels), size=num_examples, replace=False))
     top_k = min(config.example_top_k, neighbors_by_model[MODELS[0]].shape[1])
+    example_results = {name: neighbors_by_model[name][query_rows, :top_k] for name in MODELS}
+    example_scores = {
+        name: np.einsum(
+            "qd,qkd->qk", stored[name].embeddings[query_rows], stored[name].embeddings[example_results[name]]
+        )
+        for name in MODELS
+    }
     plot_example_queries(
         query_rows.tolist(),
-        {name: neighbors_by_model[name][query_rows, :top_k] for name in MODELS},
+        example_results,
+        example_scores,
         stored[MODELS[0]].rows["path"].to_list(),
         labels,
         plots_dir / "example_queries.png",

@@ -38,6 +38,7 @@ def plot_recall_curves(curves: dict[str, dict[int, float]], output_path: Path) -
 def plot_example_queries(
     query_rows: Sequence[int],
     results_by_model: dict[str, np.ndarray],
+    scores_by_model: dict[str, np.ndarray],
     paths: Sequence[str],
     labels: np.ndarray,
     output_path: Path,
@@ -45,7 +46,7 @@ def plot_example_queries(
     """Draw each query beside its top results for every model, framed green (same label) or red.
 
     `results_by_model` maps a model name to gallery row indices [num_queries, top_k],
-    one row per entry of `query_rows`.
+    one row per entry of `query_rows`, and `scores_by_model` to their inner products.
     """
     top_k = next(iter(results_by_model.values())).shape[1]
     num_rows = len(query_rows) * len(results_by_model)
@@ -58,9 +59,11 @@ def plot_example_queries(
         for model_name, results in results_by_model.items():
             axes = axes_grid[grid_row]
             _draw_tile(axes[0], paths[query_row], f"query\n({model_name})", "black")
+            scores = scores_by_model[model_name][query_position]
             for rank, gallery_row in enumerate(results[query_position], start=1):
                 correct = labels[gallery_row] == labels[query_row]
-                _draw_tile(axes[rank], paths[gallery_row], f"#{rank}", CORRECT_COLOUR if correct else WRONG_COLOUR)
+                colour = CORRECT_COLOUR if correct else WRONG_COLOUR
+                _draw_tile(axes[rank], paths[gallery_row], f"#{rank}  {scores[rank - 1]:.3f}", colour)
             grid_row += 1
 
     figure.suptitle("Example queries: green = same class as the query, red = other class")
