@@ -49,7 +49,8 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = load_model()
-    lora_model, _ = apply_lora(load_model(), LoraConfig(r=8, alpha=16, target_modules=["query", "value"]))
+    # The default LoRA settings: rank 8 on every linear layer of each block.
+    lora_model, _ = apply_lora(load_model(), LoraConfig())
     optimizer = torch.optim.AdamW([p for p in lora_model.parameters() if p.requires_grad], lr=1e-4)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")

@@ -68,7 +68,7 @@ def test_training_saves_merged_model(tiny_model_dir: Path, tmp_path: Path) -> No
     copy_demo_subset(tmp_path / "val", num_classes=4, images_per_class=3)
     preprocessing = PreprocessingConfig(resolution=28, mean=(0.5,) * 3, std=(0.25,) * 3)
     Embedder(Dinov2Model.from_pretrained(tiny_model_dir), preprocessing).save_pretrained(tmp_path / "base")
-    config = TrainConfig(epochs=2, batch_size=8, images_per_class=2, lr=1e-2, lora=LoraConfig(r=2, alpha=4))
+    config = TrainConfig(epochs=2, batch_size=8, images_per_class=2, lr=1e-2, lora=LoraConfig(r=2, alpha=4, target_modules=["query", "value"]))
 
     summary = train_embedder(
         tmp_path / "base",
