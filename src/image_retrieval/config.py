@@ -46,6 +46,13 @@ class ModelConfig:
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
 
+    def __post_init__(self) -> None:
+        if self.resolution % 14 != 0:
+            raise ParamsError(
+                f"model.resolution={self.resolution} is not a multiple of the DINOv2 patch size 14; "
+                f"use {max(14, round(self.resolution / 14) * 14)}"
+            )
+
 
 @dataclass
 class PrepareConfig:
@@ -55,6 +62,18 @@ class PrepareConfig:
     val_fraction: float = 0.2
     test_fraction: float = 0.4
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.split not in ("by_image", "by_class"):
+            raise ParamsError(f"prepare.split={self.split!r} is invalid; expected one of: by_image, by_class")
+        for name in ("val_fraction", "test_fraction"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ParamsError(f"prepare.{name}={getattr(self, name)} must be between 0 and 1")
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ParamsError(
+                f"prepare.val_fraction + prepare.test_fraction = {self.val_fraction + self.test_fraction} "
+                "leaves no training data; keep the sum below 1"
+            )
 
 
 @dataclass
@@ -85,6 +104,15 @@ class TrainConfig:
     seed: int = 0
     lora: LoraConfig = field(default_factory=LoraConfig)
 
+    def __post_init__(self) -> None:
+        if self.batch_size % self.images_per_class != 0:
+            raise ParamsError(
+                f"train.batch_size={self.batch_size} is not a multiple of "
+                f"train.images_per_class={self.images_per_class}"
+            )
+        if self.lr <= 0 or self.temperature <= 0:
+            raise ParamsError(f"train.lr={self.lr} and train.temperature={self.temperature} must be positive")
+
 
 @dataclass
 class EmbedConfig:
@@ -104,6 +132,10 @@ class EvaluateConfig:
     chunk_size: int = 1024
     example_queries: int = 6
     example_top_k: int = 5
+
+    def __post_init__(self) -> None:
+        if any(k <= 0 for k in self.recall_at):
+            raise ParamsError(f"evaluate.recall_at={self.recall_at} must contain positive integers")
 
 
 SECTIONS: dict[str, type] = {
@@ -189,33 +221,6 @@ def _build(config_class: type, values: dict[str, Any], prefix: str):
     return config_class(**converted)
 
 
-def _validate(section: str, config: Any) -> None:
-    if section == "model" and config.resolution % 14 != 0:
-        raise ParamsError(
-            f"model.resolution={config.resolution} is not a multiple of the DINOv2 patch size 14; "
-            f"use {max(14, round(config.resolution / 14) * 14)}"
-        )
-    if section == "prepare":
-        for name in ("val_fraction", "test_fraction"):
-            if not 0.0 < getattr(config, name) < 1.0:
-                raise ParamsError(f"prepare.{name}={getattr(config, name)} must be between 0 and 1")
-        if config.val_fraction + config.test_fraction >= 1.0:
-            raise ParamsError(
-                f"prepare.val_fraction + prepare.test_fraction = "
-                f"{config.val_fraction + config.test_fraction} leaves no training data; keep the sum below 1"
-            )
-    if section == "train":
-        if config.batch_size % config.images_per_class != 0:
-            raise ParamsError(
-                f"train.batch_size={config.batch_size} is not a multiple of "
-                f"train.images_per_class={config.images_per_class}"
-            )
-        if config.lr <= 0 or config.temperature <= 0:
-            raise ParamsError("train.lr and train.temperature must be positive")
-    if section == "evaluate" and any(k <= 0 for k in config.recall_at):
-        raise ParamsError(f"evaluate.recall_at={config.recall_at} must contain positive integers")
-
-
 def load_params(section: str, params_file: Path = PARAMS_FILE):
     """Read one section of params.yaml into its config dataclass.
 
@@ -230,9 +235,7 @@ def load_params(section: str, params_file: Path = PARAMS_FILE):
     if not isinstance(values, dict):
         raise ParamsError(f"{section} in {params_file} must be a mapping, got {values!r}")
 
-    config = _build(SECTIONS[section], values, section)
-    _validate(section, config)
-    return config
+    return _build(SECTIONS[section], values, section)
 
 
 def to_dict(config: Any) -> dict[str, Any]:

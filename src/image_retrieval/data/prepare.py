@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-from image_retrieval.config import ParamsError, PrepareConfig
+from image_retrieval.config import PrepareConfig
 from image_retrieval.data.images import check_images
 from image_retrieval.io import atomic_path
 
@@ -123,7 +123,6 @@ def assign_splits(table: pl.DataFrame, config: PrepareConfig) -> pl.DataFrame:
     and class names, not on row order. Python's round() rounds halves to even.
     Raises PrepareError naming the classes when a split would be too small.
     """
-    _validate_split_config(config)
     missing = [column for column in ("image_id", "label_name") if column not in table.columns]
     if missing:
         raise ValueError(f"table lacks the column(s) {', '.join(missing)}; build it with scan_image_folder")
@@ -141,19 +140,6 @@ def assign_splits(table: pl.DataFrame, config: PrepareConfig) -> pl.DataFrame:
     return table.with_columns(
         split=pl.col("image_id").replace_strict(split_of_image, return_dtype=pl.String)
     )
-
-
-def _validate_split_config(config: PrepareConfig) -> None:
-    if config.split not in ("by_image", "by_class"):
-        raise ParamsError(f"prepare.split={config.split!r} is invalid; expected one of: by_image, by_class")
-    for name in ("val_fraction", "test_fraction"):
-        if not 0.0 < getattr(config, name) < 1.0:
-            raise ParamsError(f"prepare.{name}={getattr(config, name)} must be between 0 and 1")
-    if config.val_fraction + config.test_fraction >= 1.0:
-        raise ParamsError(
-            f"prepare.val_fraction + prepare.test_fraction = {config.val_fraction + config.test_fraction} "
-            "leaves no training data; keep the sum below 1"
-        )
 
 
 def _split_sizes(count: int, config: PrepareConfig) -> dict[str, int]:
