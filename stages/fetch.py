@@ -1,11 +1,11 @@
-"""Fetch stage: `python stages/fetch.py data` copies or downloads the dataset into data/raw;
+"""Fetch stage: `python stages/fetch.py data` copies, extracts or downloads the dataset into data/raw;
 `python stages/fetch.py model` saves the base embedder into models/base."""
 
 import sys
 from pathlib import Path
 
 from image_retrieval.config import load_params
-from image_retrieval.data.fetch import fetch_dataset
+from image_retrieval.data.datasets import fetch_raw_dataset
 from image_retrieval.model.backbone import load_backbone
 from image_retrieval.model.embedder import Embedder, PreprocessingConfig
 from image_retrieval.stage import run_stage
@@ -15,9 +15,7 @@ BASE_MODEL_DIR = Path("models/base")
 
 
 def fetch_data() -> None:
-    data = load_params("data")
-    source = getattr(data, data.dataset).source
-    fetch_dataset(source, RAW_DIR / data.dataset)
+    fetch_raw_dataset(load_params("data"), RAW_DIR)
 
 
 def fetch_model() -> None:

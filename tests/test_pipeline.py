@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO_ROOT, copy_demo_subset, save_tiny_dinov2
+from conftest import REPO_ROOT, copy_demo_subset, make_sop_archive, save_tiny_dinov2
 
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "src")
 ALL_STAGES = (
@@ -109,6 +109,26 @@ def test_exp_run_reruns_only_train_onwards(pipeline_repo: Path) -> None:
     assert "final_train_loss" in shown
 
 
+def test_exp_run_on_sop_archive(pipeline_repo: Path, tmp_path: Path) -> None:
+    archive = make_sop_archive(tmp_path / "sop.zip", train_classes=8, test_classes=4, images_per_class=4)
+
+    output = run(
+        ["dvc", "exp", "run", "-S", "data.dataset=sop", "-S", f"data.sop.source={archive}",
+         "-S", "data.sop.md5=''", "-S", "prepare.val_fraction=0.25"],
+        pipeline_repo,
+    )
+
+    for stage in ALL_STAGES:
+        if stage != "fetch@model":
+            assert f"Running stage '{stage}'" in output
+    assert "Running stage 'fetch@model'" not in output
+    results = json.loads((pipeline_repo / "metrics" / "evaluate.json").read_text())
+    assert results["finetuned"]["num_queries"] == 16
+    prepared = json.loads((pipeline_repo / "metrics" / "prepare.json").read_text())
+    assert prepared["test"]["classes"] == 4
+    assert prepared["val"]["classes"] == 2
+
+
 def test_model_change_keeps_data(pipeline_repo: Path) -> None:
     save_tiny_dinov2(pipeline_repo / "other-dinov2")
     params_path = pipeline_repo / "params.yaml"
@@ -132,7 +152,7 @@ def test_search_prints_nearest_images(pipeline_repo: Path) -> None:
     output = run(["image-retrieval", "search", str(query), "--top-k", "3"], pipeline_repo)
 
     assert "rank" in output
-    assert output.count("data/raw/demo/images/") == 3
+    assert output.count("data/raw/") == 3
 
 
 def test_search_rejects_other_models_index(pipeline_repo: Path) -> None:

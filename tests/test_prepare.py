@@ -17,6 +17,7 @@ from image_retrieval.data.prepare import (
     PrepareError,
     assign_splits,
     prepare_dataset,
+    image_source_paths,
     scan_image_folder,
 )
 
@@ -29,7 +30,12 @@ SCAN_COLUMNS = {
     "label_name": pl.String,
     "super_label": pl.Int64,
 }
-OUTPUT_COLUMNS = [*SCAN_COLUMNS, "split", "width", "height", "mode"]
+OUTPUT_COLUMNS = [*SCAN_COLUMNS, "split", "width", "height", "mode", "cache_path"]
+
+
+def read_demo(raw_dir: Path) -> pl.DataFrame:
+    """Read a raw demo-layout folder (raw_dir/images/<class>/<image>) as the demo adapter does."""
+    return scan_image_folder(raw_dir / "images")
 
 
 def make_image_folder(root: Path, images_per_class: dict[str, int], size=(6, 4)) -> Path:
@@ -286,9 +292,11 @@ def test_prepare_dataset_writes_splits(tmp_path, num_workers):
     make_image_folder(raw_dir / "images", {"cat": 10, "dog": 12, "fox": 15})
     output_dir = tmp_path / "prepared"
 
-    metrics = prepare_dataset(raw_dir, PrepareConfig(), output_dir, num_workers=num_workers)
+    metrics = prepare_dataset(read_demo(raw_dir), PrepareConfig(split="by_image", num_workers=num_workers), output_dir)
 
-    assert sorted(path.name for path in output_dir.iterdir()) == ["test.parquet", "train.parquet", "val.parquet"]
+    assert sorted(path.name for path in output_dir.iterdir()) == [
+        "excluded.parquet", "test.parquet", "train.parquet", "val.parquet"
+    ]
     tables = {split: pl.read_parquet(output_dir / f"{split}.parquet") for split in SPLITS}
     for split, table in tables.items():
         assert table.columns == OUTPUT_COLUMNS
@@ -306,6 +314,7 @@ def test_prepare_dataset_writes_splits(tmp_path, num_workers):
         "val": {"images": 7, "classes": 3, "images_per_class": {"min": 2, "median": 2.0, "max": 3}},
         "test": {"images": 15, "classes": 3, "images_per_class": {"min": 4, "median": 5.0, "max": 6}},
         "excluded_images": 0,
+        "cached_images": 0,
     }
 
 
@@ -316,7 +325,7 @@ def test_prepare_dataset_demo_subset(tmp_path):
         for source in sorted((DEMO_IMAGES / class_name).glob("*.png"))[:10]:
             shutil.copy(source, raw_dir / "images" / class_name / source.name)
 
-    metrics = prepare_dataset(raw_dir, PrepareConfig(split="by_image"), tmp_path / "prepared")
+    metrics = prepare_dataset(read_demo(raw_dir), PrepareConfig(split="by_image"), tmp_path / "prepared")
 
     train = pl.read_parquet(tmp_path / "prepared" / "train.parquet")
     assert train["label_name"].unique().sort().to_list() == ["coat", "dress", "trouser"]
@@ -335,7 +344,7 @@ def test_prepare_dataset_corrupt_image(tmp_path):
     output_dir = tmp_path / "prepared"
 
     with pytest.raises(ImageError) as caught:
-        prepare_dataset(raw_dir, PrepareConfig(), output_dir)
+        prepare_dataset(read_demo(raw_dir), PrepareConfig(split="by_image"), output_dir)
 
     assert str(corrupt) in str(caught.value)
     assert "1 of 20 images failed" in str(caught.value)
@@ -352,7 +361,7 @@ def test_prepare_dataset_missing_image(tmp_path):
     output_dir = tmp_path / "prepared"
 
     with pytest.raises(ImageError) as caught:
-        prepare_dataset(raw_dir, PrepareConfig(), output_dir)
+        prepare_dataset(read_demo(raw_dir), PrepareConfig(split="by_image"), output_dir)
 
     assert str(missing) in str(caught.value)
     assert "not found" in str(caught.value)
@@ -369,13 +378,78 @@ def test_prepare_dataset_failure_keeps_old_output(tmp_path):
     (output_dir / "train.parquet").write_bytes(b"previous run")
 
     with pytest.raises(ImageError, match="empty"):
-        prepare_dataset(raw_dir, PrepareConfig(), output_dir)
+        prepare_dataset(read_demo(raw_dir), PrepareConfig(split="by_image"), output_dir)
 
     assert (output_dir / "train.parquet").read_bytes() == b"previous run"
 
 
 def test_prepare_dataset_missing_images_folder(tmp_path):
     with pytest.raises(PrepareError) as caught:
-        prepare_dataset(tmp_path / "raw", PrepareConfig(), tmp_path / "prepared")
+        prepare_dataset(read_demo(tmp_path / "raw"), PrepareConfig(), tmp_path / "prepared")
     assert str(tmp_path / "raw" / "images") in str(caught.value)
     assert not (tmp_path / "prepared").exists()
+
+
+def test_prepare_excludes_bad_images(tmp_path):
+    raw_dir = tmp_path / "raw"
+    make_image_folder(raw_dir / "images", {"cat": 10, "dog": 10})
+    corrupt = raw_dir / "images" / "dog" / "img_004.png"
+    corrupt.write_bytes(b"not an image")
+    output_dir = tmp_path / "prepared"
+
+    metrics = prepare_dataset(read_demo(raw_dir), PrepareConfig(split="by_image", on_bad_image="exclude"), output_dir)
+
+    excluded = pl.read_parquet(output_dir / "excluded.parquet")
+    assert metrics["excluded_images"] == 1
+    assert excluded["path"].to_list() == [str(corrupt)]
+    assert excluded["reason"][0]
+    kept = pl.concat([pl.read_parquet(output_dir / f"{split}.parquet") for split in SPLITS])
+    assert kept.height == 19
+    assert str(corrupt) not in kept["path"].to_list()
+
+
+def test_cache_resizes_large_images(tmp_path):
+    raw_dir = tmp_path / "raw"
+    for class_name in ("cat", "dog", "fox"):
+        (raw_dir / "images" / class_name).mkdir(parents=True)
+        for index in range(6):
+            size = (400, 300) if index % 2 == 0 else (50, 40)
+            Image.new("RGB", size, (index * 40, 90, 160)).save(raw_dir / "images" / class_name / f"{index}.jpg")
+    output_dir = tmp_path / "prepared"
+
+    metrics = prepare_dataset(
+        read_demo(raw_dir), PrepareConfig(split="by_image", test_fraction=0.34, val_fraction=0.33,
+                                          cache_shorter_side=100), output_dir
+    )
+
+    table = pl.concat([pl.read_parquet(output_dir / f"{split}.parquet") for split in SPLITS])
+    large = table.filter(pl.col("width") == 400)
+    small = table.filter(pl.col("width") == 50)
+    assert metrics["cached_images"] == 9
+    assert large["cache_path"].null_count() == 0
+    assert small["cache_path"].null_count() == small.height
+    for cache_path in large["cache_path"]:
+        assert cache_path.startswith(str(output_dir / "cache"))
+        with Image.open(cache_path) as cached:
+            assert cached.size == (133, 100)
+    assert image_source_paths(small) == small["path"].to_list()
+    assert image_source_paths(large) == large["cache_path"].to_list()
+
+
+def test_official_split_carves_val_classes():
+    rows = [(f"c{label}/{index}.jpg", f"c{label}/{index}.jpg", label, str(label), None,
+             "train" if label < 10 else "test")
+            for label in range(14) for index in range(3)]
+    table = pl.DataFrame(rows, schema={**dict.fromkeys(SCAN_COLUMNS), "split": pl.String}, orient="row")
+    table = table.with_columns(pl.col("label").cast(pl.Int64), pl.col("super_label").cast(pl.Int64))
+
+    result = assign_splits(table, PrepareConfig(val_fraction=0.3, seed=1))
+
+    val_classes = set(result.filter(pl.col("split") == "val")["label"].to_list())
+    train_classes = set(result.filter(pl.col("split") == "train")["label"].to_list())
+    test_classes = set(result.filter(pl.col("split") == "test")["label"].to_list())
+    assert len(val_classes) == 3
+    assert val_classes <= set(range(10))
+    assert not val_classes & train_classes
+    assert test_classes == {10, 11, 12, 13}
+    assert result.filter(pl.col("split") == "val").height == 9

@@ -25,14 +25,43 @@ class ParamsError(ValueError):
 
 @dataclass
 class DemoDataConfig:
-    # A local folder, a local .zip file, or an http(s) URL of a .zip file.
+    # A local folder, a local .zip file, or an http(s) URL of a .zip file,
+    # containing images/<class name>/<image file>.
     source: str = "data/demo"
 
 
 @dataclass
+class SopDataConfig:
+    # The official archive URL (FTP, so an interrupted download restarts), a local
+    # Stanford_Online_Products.zip, or a folder where it was already extracted.
+    source: str = "ftp://cs.stanford.edu/cs/cvgl/Stanford_Online_Products.zip"
+    # MD5 of the official archive; "" skips the check (for other archives).
+    md5: str = "7f73d41a2f44250d4779881525aea32e"
+
+
+@dataclass
+class FolderDataConfig:
+    # A folder (or .zip, or http(s) URL of a .zip) of <class>/<image> folders.
+    source: str = "catalog"
+    # flat: <class>/<image>; nested: <super-class>/<class>/<image>.
+    layout: Literal["flat", "nested"] = "flat"
+
+
+@dataclass
+class JsonlDataConfig:
+    # A JSONL file of {"query_image": ..., "positive": ..., "label": ...} lines.
+    source: str = "pairs.jsonl"
+    # Folder that the image paths are relative to; "" means the JSONL file's folder.
+    image_root: str = ""
+
+
+@dataclass
 class DataConfig:
-    dataset: Literal["demo"] = "demo"
+    dataset: Literal["demo", "sop", "folder", "jsonl"] = "demo"
     demo: DemoDataConfig = field(default_factory=DemoDataConfig)
+    sop: SopDataConfig = field(default_factory=SopDataConfig)
+    folder: FolderDataConfig = field(default_factory=FolderDataConfig)
+    jsonl: JsonlDataConfig = field(default_factory=JsonlDataConfig)
 
 
 @dataclass
@@ -58,14 +87,30 @@ class ModelConfig:
 class PrepareConfig:
     # by_image: every class appears in every split, with disjoint images.
     # by_class: each class belongs to one split (the usual metric-learning protocol).
-    split: Literal["by_image", "by_class"] = "by_image"
+    # Datasets with an official train/test split (SOP) keep it and take val_fraction
+    # of the training classes for validation, so split and test_fraction do not apply.
+    split: Literal["by_image", "by_class"] = "by_class"
     val_fraction: float = 0.2
     test_fraction: float = 0.4
     seed: int = 0
+    # error: stop and list every unreadable image; exclude: leave them out, list
+    # them in excluded.parquet and count them in metrics/prepare.json.
+    on_bad_image: Literal["error", "exclude"] = "error"
+    # Images are resized so that their shorter side is at most this many pixels
+    # and stored in the image cache, which train and embed read instead of the
+    # originals; 0 disables the cache.
+    cache_shorter_side: int = 256
+    # Threads that decode images; 0 means one per CPU core.
+    num_workers: int = 0
 
     def __post_init__(self) -> None:
         if self.split not in ("by_image", "by_class"):
             raise ParamsError(f"prepare.split={self.split!r} is invalid; expected one of: by_image, by_class")
+        if self.cache_shorter_side < 0 or self.num_workers < 0:
+            raise ParamsError(
+                f"prepare.cache_shorter_side={self.cache_shorter_side} and "
+                f"prepare.num_workers={self.num_workers} must be 0 or positive"
+            )
         for name in ("val_fraction", "test_fraction"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ParamsError(f"prepare.{name}={getattr(self, name)} must be between 0 and 1")
@@ -195,8 +240,8 @@ def _coerce(value: Any, annotation: Any, dotted_name: str) -> Any:
             raise ParamsError(f"{dotted_name} must be a number, got {value!r}") from None
 
     if annotation is str:
-        if not isinstance(value, str) or not value:
-            raise ParamsError(f"{dotted_name} must be a non-empty string, got {value!r}")
+        if not isinstance(value, str):
+            raise ParamsError(f"{dotted_name} must be a string, got {value!r}")
         return value
 
     raise TypeError(f"unsupported annotation {annotation!r} for {dotted_name}")

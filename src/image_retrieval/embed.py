@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from image_retrieval.data.prepare import image_source_paths
 from image_retrieval.io import atomic_path, read_json, write_json
 from image_retrieval.model.embedder import Embedder, embed_paths, model_fingerprint
 
@@ -36,7 +37,7 @@ class StoredEmbeddings:
 
 
 def embed_table(model_dir: Path, table: pl.DataFrame, output_dir: Path, *, batch_size: int = 128) -> dict:
-    """Embed every image of `table` (columns image_id, path, label) and write `output_dir`.
+    """Embed every image of `table` (columns image_id, path, label, optional cache_path) and write `output_dir`.
 
     Returns the info written to info.json.
     """
@@ -44,7 +45,7 @@ def embed_table(model_dir: Path, table: pl.DataFrame, output_dir: Path, *, batch
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     started = time.perf_counter()
-    embeddings = embed_paths(embedder, table["path"].to_list(), batch_size=batch_size, device=device)
+    embeddings = embed_paths(embedder, image_source_paths(table), batch_size=batch_size, device=device)
     seconds = time.perf_counter() - started
 
     info = {

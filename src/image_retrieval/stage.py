@@ -16,7 +16,8 @@ def run_stage(main: Callable[[], None]) -> None:
 
     Every error this project raises for bad input (ParamsError, ImageError,
     FetchError, IndexMismatchError, ...) names the value and the fix, so the
-    traceback adds nothing for the user. Other exceptions propagate as usual.
+    traceback adds nothing for the user; IMAGE_RETRIEVAL_LOG_LEVEL=DEBUG logs
+    it. Other exceptions propagate as usual.
     """
     from image_retrieval.data.fetch import FetchError
     from image_retrieval.index import IndexMismatchError
@@ -27,5 +28,6 @@ def run_stage(main: Callable[[], None]) -> None:
     try:
         main()
     except (ValueError, FileNotFoundError, FetchError, BackboneLoadError, OnnxImportError, IndexMismatchError) as error:
+        logger.debug("Stage failed", exc_info=True)
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)

@@ -66,6 +66,11 @@ def load_rgb(path: str | Path) -> Image.Image:
     return image
 
 
+def load_rgb_and_mode(path: str | Path) -> tuple[Image.Image, str]:
+    """Decode the image like `load_rgb` and also return the mode the file was stored in."""
+    return _load_rgb_with_mode(path)
+
+
 def check_images(paths: Sequence[str], *, num_workers: int = 0) -> list[tuple[int, int, str]]:
     """Decode every image in `paths` and return (width, height, original mode) for each.
 

@@ -1,7 +1,8 @@
-"""Turn an ImageFolder tree into train, val and test tables of checked images.
+"""Split an image table into train, val and test, and check and cache every image.
 
 Each split is written as `<split>.parquet` with the columns image_id, path,
-label, label_name, super_label, split, width, height and mode.
+label, label_name, super_label, split, width, height, mode and cache_path
+(null when the original is small enough to read directly).
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from pathlib import Path
 import polars as pl
 
 from image_retrieval.config import PrepareConfig
-from image_retrieval.data.images import check_images
+from image_retrieval.data.cache import check_and_cache_images
+from image_retrieval.data.images import ImageError
 from image_retrieval.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+CACHE_DIR = "cache"
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 # by_image needs this many images of every class in every split, so that every
 # image has another image of its class: a positive pair in train, a match in val and test.
@@ -132,6 +135,11 @@ def assign_splits(table: pl.DataFrame, config: PrepareConfig) -> pl.DataFrame:
             f"image_id must be unique, but {len(duplicated)} values repeat, such as {duplicated[0]!r}"
         )
 
+    if "split" in table.columns and table.get_column("split").is_not_null().any():
+        return _carve_val_classes(table, config)
+    if "split" in table.columns:
+        table = table.drop("split")
+
     if config.split == "by_image":
         split_of_image = _split_by_image(table, config)
     else:
@@ -139,6 +147,36 @@ def assign_splits(table: pl.DataFrame, config: PrepareConfig) -> pl.DataFrame:
 
     return table.with_columns(
         split=pl.col("image_id").replace_strict(split_of_image, return_dtype=pl.String)
+    )
+
+
+def _carve_val_classes(table: pl.DataFrame, config: PrepareConfig) -> pl.DataFrame:
+    """Keep an official train/test split and move a seeded fraction of training classes to val.
+
+    The test split is never touched, so validation never sees a test class.
+    """
+    official = set(table.get_column("split").unique().to_list())
+    if not official <= {"train", "test"} or None in official:
+        raise PrepareError(
+            f"an official split must label every image train or test, found {sorted(map(str, official))}"
+        )
+
+    train_classes = (
+        table.filter(pl.col("split") == "train").get_column("label_name").unique().sort().to_list()
+    )
+    num_val_classes = round(len(train_classes) * config.val_fraction)
+    if num_val_classes < 1 or num_val_classes >= len(train_classes):
+        raise PrepareError(
+            f"prepare.val_fraction={config.val_fraction} of the {len(train_classes)} training classes gives "
+            f"{num_val_classes} validation classes; choose a fraction that leaves at least one class in each"
+        )
+
+    random.Random(config.seed).shuffle(train_classes)
+    val_classes = train_classes[:num_val_classes]
+    return table.with_columns(
+        split=pl.when((pl.col("split") == "train") & pl.col("label_name").is_in(val_classes))
+        .then(pl.lit("val"))
+        .otherwise(pl.col("split"))
     )
 
 
@@ -213,38 +251,77 @@ def _split_by_class(table: pl.DataFrame, config: PrepareConfig) -> dict[str, str
     ))
 
 
-def prepare_dataset(raw_dir: Path, config: PrepareConfig, output_dir: Path, *, num_workers: int = 0) -> dict:
-    """Scan `raw_dir/images`, split it, check every image and write one parquet file per split.
+def prepare_dataset(table: pl.DataFrame, config: PrepareConfig, output_dir: Path) -> dict:
+    """Split the image table, check every image, cache large ones and write the splits.
 
-    `output_dir` appears with train.parquet, val.parquet and test.parquet only when
-    every step succeeds. `num_workers` threads decode images, and 0 decodes them
-    serially. Returns the metrics per split (images, classes and the min, median and
-    max images per class) and excluded_images, which is always 0 because any
-    broken image fails the stage. Raises ImageError listing every broken image.
+    `table` comes from a dataset adapter (see `image_retrieval.data.datasets`).
+    `output_dir` receives train.parquet, val.parquet, test.parquet,
+    excluded.parquet and the image cache under cache/, and appears only when
+    every step succeeds. With prepare.on_bad_image=error, one unreadable image
+    raises ImageError listing every unreadable image; with exclude, they are
+    left out and listed in excluded.parquet. Returns the metrics per split
+    (images, classes, and the min, median and max images per class) and the
+    count of excluded images.
     """
-    images_root = Path(raw_dir) / "images"
-    table = assign_splits(scan_image_folder(images_root), config)
+    table = assign_splits(table, config)
+    output_dir = Path(output_dir)
 
-    logger.info("Checking %d images (num_workers=%d)", table.height, num_workers)
-    sizes = check_images(table.get_column("path").to_list(), num_workers=num_workers)
-    table = table.with_columns(
-        pl.Series("width", [width for width, _, _ in sizes], dtype=pl.Int64),
-        pl.Series("height", [height for _, height, _ in sizes], dtype=pl.Int64),
-        pl.Series("mode", [mode for _, _, mode in sizes], dtype=pl.String),
-    )
-
-    metrics: dict = {}
+    logger.info("Checking %d images", table.height)
     with atomic_path(output_dir) as temporary:
         temporary.mkdir()
+        caching = config.cache_shorter_side > 0
+        checks = check_and_cache_images(
+            table.get_column("path").to_list(),
+            table.get_column("image_id").to_list(),
+            write_dir=temporary / CACHE_DIR if caching else None,
+            final_dir=output_dir / CACHE_DIR if caching else None,
+            shorter_side=config.cache_shorter_side,
+            num_workers=config.num_workers,
+        )
+
+        failed = [index for index, check in enumerate(checks) if check.error is not None]
+        excluded = table[failed].select("image_id", "path").with_columns(
+            reason=pl.Series([checks[index].error for index in failed], dtype=pl.String)
+        )
+        if failed and config.on_bad_image == "error":
+            lines = "\n".join(f"  {path}: {reason}" for _, path, reason in excluded.iter_rows())
+            raise ImageError(
+                f"{len(failed)} of {table.height} images failed to load:\n{lines}\n"
+                "Replace or delete these files, or set prepare.on_bad_image=exclude to leave them out.",
+                failures=[(path, reason) for _, path, reason in excluded.iter_rows()],
+            )
+        if failed:
+            logger.warning("Excluding %d unreadable images; see %s", len(failed), output_dir / "excluded.parquet")
+
+        table = table.with_columns(
+            pl.Series("width", [check.width for check in checks], dtype=pl.Int64),
+            pl.Series("height", [check.height for check in checks], dtype=pl.Int64),
+            pl.Series("mode", [check.mode for check in checks], dtype=pl.String),
+            pl.Series("cache_path", [check.cache_path for check in checks], dtype=pl.String),
+        )
+        table = table.filter(pl.col("image_id").is_in(excluded.get_column("image_id")).not_())
+        excluded.write_parquet(temporary / "excluded.parquet")
+
+        metrics: dict = {}
         for split in SPLITS:
             split_table = table.filter(pl.col("split") == split).sort("image_id")
+            if split_table.height == 0:
+                raise PrepareError(f"the {split} split is empty after excluding unreadable images")
             split_table.write_parquet(temporary / f"{split}.parquet")
             metrics[split] = _split_metrics(split_table)
             logger.info(
                 "Wrote %d %s images of %d classes", metrics[split]["images"], split, metrics[split]["classes"]
             )
-    metrics["excluded_images"] = 0
+    metrics["excluded_images"] = len(failed)
+    metrics["cached_images"] = int(table.get_column("cache_path").is_not_null().sum())
     return metrics
+
+
+def image_source_paths(table: pl.DataFrame) -> list[str]:
+    """Return, for each row, the cached copy of the image where there is one, else the original."""
+    if "cache_path" not in table.columns:
+        return table.get_column("path").to_list()
+    return table.select(pl.coalesce("cache_path", "path")).to_series().to_list()
 
 
 def _split_metrics(split_table: pl.DataFrame) -> dict:

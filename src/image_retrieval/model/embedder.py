@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import Dinov2Model
 
+from image_retrieval.data.images import load_rgb
 from image_retrieval.io import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -161,8 +162,6 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        from image_retrieval.data.images import load_rgb
-
         pixels = image_to_tensor(load_rgb(self.paths[index]), self.preprocessing)
         if self.horizontal_flip and torch.rand(()) < 0.5:
             pixels = pixels.flip(-1)
@@ -198,8 +197,9 @@ def embed_paths(
 ) -> np.ndarray:
     """Embed image files: L2-normalised float32 [len(paths), embedding_dim], in the order given.
 
-    The single entry point for turning images into vectors; the embed stage,
-    the training loop's validation and the search command all call it.
+    The embed stage and the search command both call it, so a query is
+    preprocessed exactly like the gallery. Training validates through
+    `embed_tensors` with the same `ImageDataset` preprocessing.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 

@@ -15,6 +15,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from image_retrieval.config import TrainConfig
+from image_retrieval.data.prepare import image_source_paths
 from image_retrieval.metrics import evaluate_retrieval
 from image_retrieval.model.embedder import Embedder, ImageDataset, embed_tensors
 from image_retrieval.model.lora import apply_lora
@@ -88,13 +89,13 @@ def train_embedder(
         )
     sampler = build_class_balanced_sampler(train_labels, config.batch_size, config.images_per_class, num_batches)
     train_dataset = ImageDataset(
-        train_table["path"].to_list(), embedder.preprocessing, train_labels, horizontal_flip=config.horizontal_flip
+        image_source_paths(train_table), embedder.preprocessing, train_labels, horizontal_flip=config.horizontal_flip
     )
     train_loader = torch.utils.data.DataLoader(train_dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True)
 
     val_labels = val_table["label"].to_numpy()
     val_loader = torch.utils.data.DataLoader(
-        ImageDataset(val_table["path"].to_list(), embedder.preprocessing), batch_size=config.batch_size
+        ImageDataset(image_source_paths(val_table), embedder.preprocessing), batch_size=config.batch_size
     )
 
     loss_function = build_loss(config)

@@ -1,0 +1,65 @@
+"""Fetch and read each dataset kind into the common image table.
+
+`data.dataset` selects the adapter. Every adapter returns the same columns
+(image_id, path, label, label_name, super_label, split), so the stages after
+prepare never know which dataset they are working on. `split` is "train" or
+"test" where the dataset defines an official split (SOP) and null elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import polars as pl
+
+from image_retrieval.config import DataConfig
+from image_retrieval.data.fetch import fetch_dataset
+from image_retrieval.data.prepare import scan_image_folder
+from image_retrieval.io import atomic_path
+
+logger = logging.getLogger(__name__)
+
+JSONL_FILE = "pairs.jsonl"
+JSONL_IMAGES = "images"
+
+
+def fetch_raw_dataset(data: DataConfig, raw_dir: Path) -> Path:
+    """Copy, extract or download the selected dataset into `raw_dir / data.dataset`."""
+    destination = raw_dir / data.dataset
+    if data.dataset == "demo":
+        return fetch_dataset(data.demo.source, destination)
+    if data.dataset == "sop":
+        return fetch_dataset(data.sop.source, destination, md5=data.sop.md5 or None)
+    if data.dataset == "folder":
+        return fetch_dataset(data.folder.source, destination)
+
+    jsonl_path = Path(data.jsonl.source)
+    if not jsonl_path.is_file():
+        raise FileNotFoundError(f"data.jsonl.source={data.jsonl.source!r} not found; point it at a JSONL file")
+    image_root = Path(data.jsonl.image_root) if data.jsonl.image_root else jsonl_path.parent
+    with atomic_path(destination) as temporary:
+        temporary.mkdir()
+        fetch_dataset(str(image_root), temporary / JSONL_IMAGES)
+        shutil.copy2(jsonl_path, temporary / JSONL_FILE)
+    return destination
+
+
+def read_dataset(data: DataConfig, raw_dir: Path) -> pl.DataFrame:
+    """Read the fetched dataset in `raw_dir / data.dataset` into the common image table."""
+    root = raw_dir / data.dataset
+    if data.dataset == "demo":
+        return scan_image_folder(root / "images").with_columns(split=pl.lit(None, dtype=pl.String))
+    if data.dataset == "sop":
+        from image_retrieval.data.sop import read_sop
+
+        return read_sop(root)
+    if data.dataset == "folder":
+        from image_retrieval.data.folder import read_folder
+
+        return read_folder(root, layout=data.folder.layout)
+
+    from image_retrieval.data.jsonl import read_jsonl
+
+    return read_jsonl(root / JSONL_FILE, image_root=root / JSONL_IMAGES)
