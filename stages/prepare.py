@@ -11,8 +11,12 @@ from image_retrieval.stage import run_stage
 
 def main() -> None:
     config = load_params("prepare")
-    table = read_dataset(load_params("data"), Path("data/raw"))
-    metrics = prepare_dataset(table, config, Path("data/prepared"))
+    data = load_params("data")
+    table = read_dataset(data, Path("data/raw"))
+    source = getattr(data, data.dataset).source
+    metrics = prepare_dataset(
+        table, config, Path("data/prepared"), source_hint=f"data.{data.dataset}.source={source!r}"
+    )
     write_json("metrics/prepare.json", metrics)
 
 

@@ -898,3 +898,24 @@ def test_fetch_ftp_connection_refused_advice(tmp_path):
     assert url in str(caught.value)
     assert "FTP downloads cannot resume" in str(caught.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sop_archive_download_resumes(tmp_path, range_server):
+    """A SOP-layout archive served over HTTP survives a dropped connection and reads as SOP."""
+    from conftest import make_sop_archive
+    from image_retrieval.config import DataConfig, SopDataConfig
+    from image_retrieval.data.datasets import fetch_raw_dataset, read_dataset
+
+    url, served = range_server
+    served.body = make_sop_archive(tmp_path / "sop.zip", train_classes=4, test_classes=2, images_per_class=3).read_bytes()
+    data = DataConfig(dataset="sop", sop=SopDataConfig(source=url, md5=md5_of(served.body)))
+    served.drop_after_bytes = len(served.body) // 2
+
+    with pytest.raises(FetchError):
+        fetch_raw_dataset(data, tmp_path / "raw")
+    fetch_raw_dataset(data, tmp_path / "raw")
+    table = read_dataset(data, tmp_path / "raw")
+
+    assert served.requests[-1]["status"] == 206
+    assert table.height == 18
+    assert sorted(table["split"].unique().to_list()) == ["test", "train"]

@@ -75,6 +75,7 @@ def test_repro_runs_every_stage(pipeline_repo: Path) -> None:
     for model in ("base", "finetuned"):
         assert 0.0 <= results[model]["recall@1"] <= 1.0
         assert results[model]["num_queries"] == 12
+        assert results[model]["index_recall@10_vs_exact"] == 1.0
     assert (pipeline_repo / "metrics" / "plots" / "recall_at_k.png").stat().st_size > 0
     assert (pipeline_repo / "metrics" / "plots" / "example_queries.png").stat().st_size > 0
     assert (pipeline_repo / "models" / "finetuned" / "embedder.json").is_file()

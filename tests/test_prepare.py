@@ -344,9 +344,12 @@ def test_prepare_dataset_corrupt_image(tmp_path):
     output_dir = tmp_path / "prepared"
 
     with pytest.raises(ImageError) as caught:
-        prepare_dataset(read_demo(raw_dir), PrepareConfig(split="by_image"), output_dir)
+        prepare_dataset(
+            read_demo(raw_dir), PrepareConfig(split="by_image"), output_dir, source_hint="data.demo.source='photos'"
+        )
 
     assert str(corrupt) in str(caught.value)
+    assert "in the dataset source (data.demo.source='photos')" in str(caught.value)
     assert "1 of 20 images failed" in str(caught.value)
     assert not output_dir.exists()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["raw"]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from image_retrieval.data.images import load_rgb
 from image_retrieval.index import load_index
 from image_retrieval.model.embedder import Embedder, embed_paths, model_fingerprint
 
@@ -15,6 +16,8 @@ def search_image(image: Path, *, model_dir: Path, index_dir: Path, top_k: int = 
 
     Raises IndexMismatchError when the index was built by another model.
     """
+    # Decode the query first, so that a wrong path fails before the model loads.
+    load_rgb(image)
     embedder = Embedder.from_pretrained(model_dir)
     index, metadata = load_index(
         index_dir, expected_fingerprint=model_fingerprint(model_dir), expected_dimension=embedder.embedding_dim

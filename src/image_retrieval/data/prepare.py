@@ -251,7 +251,9 @@ def _split_by_class(table: pl.DataFrame, config: PrepareConfig) -> dict[str, str
     ))
 
 
-def prepare_dataset(table: pl.DataFrame, config: PrepareConfig, output_dir: Path) -> dict:
+def prepare_dataset(
+    table: pl.DataFrame, config: PrepareConfig, output_dir: Path, *, source_hint: str | None = None
+) -> dict:
     """Split the image table, check every image, cache large ones and write the splits.
 
     `table` comes from a dataset adapter (see `image_retrieval.data.datasets`).
@@ -261,7 +263,9 @@ def prepare_dataset(table: pl.DataFrame, config: PrepareConfig, output_dir: Path
     raises ImageError listing every unreadable image; with exclude, they are
     left out and listed in excluded.parquet. Returns the metrics per split
     (images, classes, and the min, median and max images per class) and the
-    count of excluded images.
+    count of excluded images. `source_hint` names where the images came from
+    (such as "data.demo.source='data/demo'"), so that an error about a fetched
+    copy tells the user which original to fix.
     """
     table = assign_splits(table, config)
     output_dir = Path(output_dir)
@@ -285,9 +289,10 @@ def prepare_dataset(table: pl.DataFrame, config: PrepareConfig, output_dir: Path
         )
         if failed and config.on_bad_image == "error":
             lines = "\n".join(f"  {path}: {reason}" for _, path, reason in excluded.iter_rows())
+            where = f" in the dataset source ({source_hint}), not in the fetched copy" if source_hint else ""
             raise ImageError(
                 f"{len(failed)} of {table.height} images failed to load:\n{lines}\n"
-                "Replace or delete these files, or set prepare.on_bad_image=exclude to leave them out.",
+                f"Replace or delete these files{where}, or set prepare.on_bad_image=exclude to leave them out.",
                 failures=[(path, reason) for _, path, reason in excluded.iter_rows()],
             )
         if failed:
