@@ -89,3 +89,77 @@ def test_training_saves_merged_model(tiny_model_dir: Path, tmp_path: Path) -> No
     ]
     assert changed
     assert all(("q_proj" in name or "v_proj" in name) and name.endswith("weight") for name in changed)
+
+
+class InterruptAfter:
+    """A dvclive stand-in that raises KeyboardInterrupt when epoch `stop_epoch` is logged, as a kill would."""
+
+    def __init__(self, stop_epoch: int) -> None:
+        self.stop_epoch = stop_epoch
+        self.step = 0
+
+    def log_metric(self, name: str, value: float) -> None:
+        pass
+
+    def next_step(self) -> None:
+        self.step += 1
+        if self.step == self.stop_epoch:
+            raise KeyboardInterrupt
+
+
+def resume_fixture(tmp_path: Path) -> tuple[Path, pl.DataFrame, pl.DataFrame]:
+    copy_demo_subset(tmp_path / "train", num_classes=4, images_per_class=6)
+    copy_demo_subset(tmp_path / "val", num_classes=4, images_per_class=3)
+    return tmp_path / "train", split_table(tmp_path / "train", "train"), split_table(tmp_path / "val", "val")
+
+
+def saved_weights(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(directory / "model.safetensors")
+
+
+def test_resume_equals_uninterrupted_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from image_retrieval.train.checkpoint import CheckpointStore
+
+    _, train, val = resume_fixture(tmp_path)
+    preprocessing = PreprocessingConfig(resolution=28, mean=(0.5,) * 3, std=(0.25,) * 3)
+    Embedder(Dinov2Model.from_pretrained(tiny_model_dir), preprocessing).save_pretrained(tmp_path / "base")
+    config = TrainConfig(epochs=3, batch_size=8, images_per_class=2, lr=1e-2, horizontal_flip=True,
+                         lora=LoraConfig(r=2, alpha=4, target_modules=["query", "value"]))
+
+    uninterrupted = train_embedder(tmp_path / "base", train, val, config, tmp_path / "uninterrupted")
+    store = CheckpointStore("a" * 64, root=tmp_path / "checkpoints")
+    with pytest.raises(KeyboardInterrupt):
+        train_embedder(tmp_path / "base", train, val, config, tmp_path / "resumed",
+                       live=InterruptAfter(stop_epoch=3), checkpoints=store)
+    assert (store.directory / "last.pt").is_file()
+    assert not (tmp_path / "resumed").exists()
+
+    resumed = train_embedder(tmp_path / "base", train, val, config, tmp_path / "resumed", checkpoints=store)
+
+    expected, actual = saved_weights(tmp_path / "uninterrupted"), saved_weights(tmp_path / "resumed")
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+    assert resumed.best_epoch == uninterrupted.best_epoch
+    assert resumed.final_train_loss == uninterrupted.final_train_loss
+    assert not store.directory.exists()
+
+
+def test_changed_parameters_start_fresh(tmp_path: Path) -> None:
+    from image_retrieval.train.checkpoint import CheckpointStore, training_fingerprint
+
+    data_file = tmp_path / "train.parquet"
+    data_file.write_bytes(b"rows")
+    first = training_fingerprint({"lr": 1e-3}, [data_file])
+    CheckpointStore(first, root=tmp_path / "checkpoints").save({"epoch": 1})
+
+    changed = training_fingerprint({"lr": 1e-4}, [data_file])
+    store = CheckpointStore(changed, root=tmp_path / "checkpoints")
+
+    assert changed != first
+    assert store.load() is None
+    assert list((tmp_path / "checkpoints").iterdir()) == []
+    data_file.write_bytes(b"other rows")
+    assert training_fingerprint({"lr": 1e-3}, [data_file]) != first

@@ -134,16 +134,128 @@ class LoraConfig:
 
 
 @dataclass
+class MultiSimilarityConfig:
+    # pytorch-metric-learning's MultiSimilarityLoss: alpha weighs positive pairs,
+    # beta negative pairs, and base is the cosine similarity they are weighed against.
+    alpha: float = 2.0
+    beta: float = 50.0
+    base: float = 0.5
+    # MultiSimilarityMiner keeps a negative pair only when its similarity exceeds
+    # that of the anchor's least similar positive minus epsilon, and a positive
+    # pair only when its similarity is below that of the anchor's most similar
+    # negative plus epsilon.
+    epsilon: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.alpha <= 0 or self.beta <= 0:
+            raise ParamsError(
+                f"train.multi_similarity.alpha={self.alpha} and train.multi_similarity.beta={self.beta} "
+                "must be positive"
+            )
+        if self.epsilon < 0:
+            raise ParamsError(f"train.multi_similarity.epsilon={self.epsilon} must be 0 or positive")
+
+
+@dataclass
+class ProxyAnchorConfig:
+    # pytorch-metric-learning's ProxyAnchorLoss, with one trainable proxy per training class.
+    margin: float = 0.1
+    alpha: float = 32.0
+    # The proxies learn at train.lr times this factor, because they start at
+    # random and must move much faster than the pretrained backbone.
+    lr_multiplier: float = 100.0
+
+    def __post_init__(self) -> None:
+        if self.margin < 0:
+            raise ParamsError(f"train.proxy_anchor.margin={self.margin} must be 0 or positive")
+        if self.alpha <= 0 or self.lr_multiplier <= 0:
+            raise ParamsError(
+                f"train.proxy_anchor.alpha={self.alpha} and "
+                f"train.proxy_anchor.lr_multiplier={self.lr_multiplier} must be positive"
+            )
+
+
+@dataclass
+class TripletConfig:
+    # Margin of TripletMarginLoss and of its TripletMarginMiner, in Euclidean
+    # distance between unit vectors (0 to 2). 0.05 is TripletMarginLoss's default in
+    # pytorch-metric-learning 2.9, whose miner defaults to 0.2.
+    margin: float = 0.05
+    # Triplets that the miner keeps: semihard (the negative is farther than the
+    # positive but within the margin), hard (the negative is no farther than the
+    # positive) or all (every triplet that violates the margin).
+    type_of_triplets: Literal["semihard", "hard", "all"] = "semihard"
+
+    def __post_init__(self) -> None:
+        if self.margin <= 0:
+            raise ParamsError(f"train.triplet.margin={self.margin} must be positive")
+
+
+@dataclass
+class ColorJitterConfig:
+    # Each factor is drawn uniformly from [max(0, 1 - value), 1 + value]; 0 disables it.
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("brightness", "contrast", "saturation"):
+            if getattr(self, name) < 0:
+                raise ParamsError(
+                    f"train.augment.color_jitter.{name}={getattr(self, name)} must be 0 (disabled) or positive"
+                )
+
+
+@dataclass
+class AugmentConfig:
+    # Training images only. [min, max] fraction of the image area that a random
+    # crop keeps before it is resized to model.resolution; [1.0, 1.0] disables it.
+    random_resized_crop_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    color_jitter: ColorJitterConfig = field(default_factory=ColorJitterConfig)
+
+    def __post_init__(self) -> None:
+        scale = self.random_resized_crop_scale
+        if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
+            raise ParamsError(
+                f"train.augment.random_resized_crop_scale={scale} is invalid; expected [min, max] "
+                "with 0 < min <= max <= 1, for example [0.5, 1.0], or [1.0, 1.0] to disable the crop"
+            )
+
+
+@dataclass
 class TrainConfig:
-    mode: Literal["lora"] = "lora"
+    # lora: LoRA adapters only; full: every backbone parameter.
+    mode: Literal["lora", "full"] = "lora"
+    # Full mode only: keep the patch projection fixed.
+    freeze_patch_embedding: bool = False
+    # Learning-rate factor per layer from the top: 1.0 trains every layer at train.lr.
+    layer_lr_decay: float = 1.0
+    # Recompute activations in the backward pass to save memory (slower).
+    gradient_checkpointing: bool = False
     lr: float = 1e-3
     weight_decay: float = 0.05
     epochs: int = 10
+    # Epochs of linear learning-rate warmup before the cosine decay; 0 starts the decay at once.
+    warmup_epochs: int = 0
+    # Stop when val Recall@1 has not improved for this many epochs; 0 always runs every epoch.
+    early_stopping_patience: int = 0
+    # Micro-batches per batch. The loss still sees the whole batch (gradient
+    # cache); only the activations of one micro-batch are held at a time.
+    accumulation_steps: int = 1
     # Images per batch: batch_size / images_per_class classes, images_per_class images each.
     batch_size: int = 64
     images_per_class: int = 8
+    # supcon: SupConLoss at temperature. multi_similarity, proxy_anchor and
+    # triplet read their own sections below.
+    loss: Literal["supcon", "multi_similarity", "proxy_anchor", "triplet"] = "supcon"
     temperature: float = 0.1
+    multi_similarity: MultiSimilarityConfig = field(default_factory=MultiSimilarityConfig)
+    proxy_anchor: ProxyAnchorConfig = field(default_factory=ProxyAnchorConfig)
+    triplet: TripletConfig = field(default_factory=TripletConfig)
+    # Output size of a linear projection head on the pooled backbone output; 0 means no head.
+    embedding_dim: int = 0
     horizontal_flip: bool = True
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     # auto: bf16 autocast on CUDA, fp32 elsewhere (bf16 is several times slower on CPUs).
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     seed: int = 0
@@ -157,6 +269,21 @@ class TrainConfig:
             )
         if self.lr <= 0 or self.temperature <= 0:
             raise ParamsError(f"train.lr={self.lr} and train.temperature={self.temperature} must be positive")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ParamsError(
+                f"train.warmup_epochs={self.warmup_epochs} is invalid; it must be at least 0 and below "
+                f"train.epochs={self.epochs}, so that the cosine decay has at least one epoch"
+            )
+        if not 0.0 < self.layer_lr_decay <= 1.0:
+            raise ParamsError(f"train.layer_lr_decay={self.layer_lr_decay} must be in (0, 1]; 1.0 disables it")
+        if self.accumulation_steps < 1 or self.batch_size % self.accumulation_steps != 0:
+            raise ParamsError(
+                f"train.accumulation_steps={self.accumulation_steps} must be at least 1 and divide "
+                f"train.batch_size={self.batch_size}"
+            )
+        for name in ("early_stopping_patience", "embedding_dim"):
+            if getattr(self, name) < 0:
+                raise ParamsError(f"train.{name}={getattr(self, name)} must be 0 (disabled) or positive")
 
 
 @dataclass

@@ -18,7 +18,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from transformers import Dinov2Model
 
 from image_retrieval.data.images import load_rgb
 from image_retrieval.io import atomic_path
+
+if TYPE_CHECKING:
+    from image_retrieval.train.augment import TrainAugmentation
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +147,11 @@ def model_fingerprint(directory: Path | str) -> str:
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Images from paths as preprocessed tensors, optionally flipped at random for training."""
+    """Images from paths as preprocessed tensors, with optional random augmentation for training.
+
+    Per image, the random crop is drawn first, then the horizontal flip, then
+    the colour jitter. Augmentations that are disabled draw no random numbers.
+    """
 
     def __init__(
         self,
@@ -152,19 +159,26 @@ class ImageDataset(torch.utils.data.Dataset):
         preprocessing: PreprocessingConfig,
         labels: Sequence[int] | None = None,
         horizontal_flip: bool = False,
+        augmentation: TrainAugmentation | None = None,
     ) -> None:
         self.paths = list(paths)
         self.preprocessing = preprocessing
         self.labels = None if labels is None else torch.as_tensor(list(labels), dtype=torch.long)
         self.horizontal_flip = horizontal_flip
+        self.augmentation = augmentation
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        pixels = image_to_tensor(load_rgb(self.paths[index]), self.preprocessing)
+        image = load_rgb(self.paths[index])
+        if self.augmentation is not None:
+            image = self.augmentation.crop(image, self.preprocessing.resolution)
+        pixels = image_to_tensor(image, self.preprocessing)
         if self.horizontal_flip and torch.rand(()) < 0.5:
             pixels = pixels.flip(-1)
+        if self.augmentation is not None:
+            pixels = self.augmentation.jitter_normalized(pixels, self.preprocessing.mean, self.preprocessing.std)
         if self.labels is None:
             return pixels
         return pixels, self.labels[index]
