@@ -1,8 +1,8 @@
 """Which backbone parameters train, and at which learning rate.
 
-`train.mode: lora` trains LoRA adapters only; `full` trains every backbone
-parameter except the mask token, which only masked-image pre-training uses
-(a trainable parameter without a gradient also stalls DDP's all-reduce).
+`train.mode: lora` trains LoRA adapters only. `full` trains every backbone
+parameter except the mask token, which only masked-image pre-training uses.
+Left trainable, it would get no gradient and stall DDP's all-reduce.
 `train.freeze_patch_embedding` keeps the patch projection fixed in full mode.
 `train.layer_lr_decay` < 1 gives deeper layers larger learning rates: with L
 transformer blocks, the embeddings (layer 0) train at lr * decay^(L + 1),
