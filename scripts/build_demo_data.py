@@ -2,7 +2,7 @@
 
 Usage: python scripts/build_demo_data.py IDX_DIR [--per-class 300] [--output data/demo]
 
-IDX_DIR holds t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz. The
+IDX_DIR contains t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz. The
 first `per-class` images of each class in the Fashion-MNIST test file are
 written to OUTPUT/images/<class name>/t10k-<index>.png, greyscale, 28 x 28.
 """

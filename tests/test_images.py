@@ -10,7 +10,8 @@ import pytest
 from PIL import Image, ImageFile
 
 from image_retrieval.data import images
-from image_retrieval.data.images import ImageError, check_images, load_rgb
+from image_retrieval.data.cache import check_images
+from image_retrieval.data.images import ImageError, load_rgb
 
 WHITE = (255, 255, 255)
 

@@ -92,7 +92,7 @@ def test_row_count_mismatch_rejected(tmp_path: Path) -> None:
     metadata["row_ids"] = metadata["row_ids"][:-1]
     metadata_path.write_text(json.dumps(metadata))
 
-    with pytest.raises(IndexMismatchError, match="holds 50 vectors"):
+    with pytest.raises(IndexMismatchError, match="contains 50 vectors"):
         load_index(tmp_path / "index")
 
 

@@ -105,9 +105,9 @@ def test_exp_run_reruns_only_train_onwards(pipeline_repo: Path) -> None:
     assert train_diff["final_train_loss"]["diff"] != 0
 
     experiments = json.loads(run(["dvc", "exp", "show", "--json"], pipeline_repo))
-    shown = json.dumps(experiments)
-    assert "0.01" in shown
-    assert "final_train_loss" in shown
+    experiments_json = json.dumps(experiments)
+    assert "0.01" in experiments_json
+    assert "final_train_loss" in experiments_json
 
 
 def test_exp_run_on_sop_archive(pipeline_repo: Path, tmp_path: Path) -> None:

@@ -406,9 +406,9 @@ def test_prepare_excludes_bad_images(tmp_path):
     assert metrics["excluded_images"] == 1
     assert excluded["path"].to_list() == [str(corrupt)]
     assert excluded["reason"][0]
-    kept = pl.concat([pl.read_parquet(output_dir / f"{split}.parquet") for split in SPLITS])
-    assert kept.height == 19
-    assert str(corrupt) not in kept["path"].to_list()
+    kept_rows = pl.concat([pl.read_parquet(output_dir / f"{split}.parquet") for split in SPLITS])
+    assert kept_rows.height == 19
+    assert str(corrupt) not in kept_rows["path"].to_list()
 
 
 def test_cache_resizes_large_images(tmp_path):

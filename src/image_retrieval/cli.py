@@ -71,9 +71,11 @@ def report(metrics_file: Path) -> None:
     table.add_column("difference", justify="right")
     for key in [name for name in base if name.startswith("recall@")] + ["map@r", "r_precision"]:
         difference = 100 * (finetuned[key] - base[key])
-        style = "green" if difference > 0 else "red" if difference < 0 else ""
-        table.add_row(
-            key, f"{100 * base[key]:.2f}", f"{100 * finetuned[key]:.2f}", f"[{style}]{difference:+.2f}[/{style}]" if style else f"{difference:+.2f}"
-        )
+        difference_text = f"{difference:+.2f}"
+        if difference > 0:
+            difference_text = f"[green]{difference_text}[/green]"
+        elif difference < 0:
+            difference_text = f"[red]{difference_text}[/red]"
+        table.add_row(key, f"{100 * base[key]:.2f}", f"{100 * finetuned[key]:.2f}", difference_text)
     console.print(table)
     console.print("Values in percent; difference in percentage points.")

@@ -239,8 +239,8 @@ class TrainConfig:
     warmup_epochs: int = 0
     # Stop when val Recall@1 has not improved for this many epochs; 0 always runs every epoch.
     early_stopping_patience: int = 0
-    # Micro-batches per batch. The loss still sees the whole batch (gradient
-    # cache); only the activations of one micro-batch are held at a time.
+    # Micro-batches per batch. The loss is still computed on the whole batch
+    # (gradient cache), and only one micro-batch's activations are kept at a time.
     accumulation_steps: int = 1
     # Images per batch: batch_size / images_per_class classes, images_per_class images each.
     batch_size: int = 64

@@ -2,9 +2,9 @@
 
 An index directory contains `index.faiss` and `metadata.json`. The metadata
 records the fingerprint and resolution of the model that produced the
-vectors, the dimension, and the image id and path of every row, so that a
-query embedded by another model, or an index that no longer matches its
-rows, is rejected before any search runs.
+vectors, the dimension, and the image id and path of every row. Readers use
+it to reject a query embedded by another model, or an index that no longer
+matches its rows, before any search runs.
 """
 
 from __future__ import annotations
@@ -102,16 +102,16 @@ def load_index(
 
     if index.d != metadata.dimension:
         raise IndexMismatchError(
-            f"{index_path} has dimension {index.d} but {metadata_path} says {metadata.dimension}; rebuild the index"
+            f"{index_path} has dimension {index.d} but {metadata_path} records {metadata.dimension}; rebuild the index"
         )
     if not index.ntotal == metadata.num_vectors == len(metadata.row_ids) == len(metadata.paths):
         raise IndexMismatchError(
-            f"{index_path} holds {index.ntotal} vectors but {metadata_path} lists {metadata.num_vectors} "
+            f"{index_path} contains {index.ntotal} vectors but {metadata_path} lists {metadata.num_vectors} "
             f"({len(metadata.row_ids)} row ids); rebuild the index"
         )
     if expected_dimension is not None and expected_dimension != metadata.dimension:
         raise IndexMismatchError(
-            f"{index_path} holds {metadata.dimension}-dimensional vectors but the model outputs "
+            f"{index_path} contains {metadata.dimension}-dimensional vectors but the model outputs "
             f"{expected_dimension}; query it with the model that built it"
         )
     if expected_fingerprint is not None and expected_fingerprint != metadata.model_fingerprint:

@@ -1,4 +1,4 @@
-"""Check every image once and write the image cache in the same pass.
+"""Check every image once, and write the image cache in the same pass.
 
 The cache keeps a copy of each large image resized so that its shorter side
 is `shorter_side` pixels, as JPEG at quality 95, so that train and embed
@@ -77,9 +77,10 @@ def check_and_cache_images(
 
     Cache files are written under `write_dir` (a temporary folder) and their
     recorded `cache_path` points into `final_dir`, where the folder will be
-    renamed once complete. `num_workers` threads decode (0: one per CPU core);
-    Pillow releases the GIL while decoding, resizing and encoding. Never raises
-    for a bad image: the returned check carries the reason instead.
+    renamed once complete. `num_workers` threads decode (0: one per CPU core),
+    which helps because Pillow releases the GIL while decoding, resizing and
+    encoding. An image that fails to load does not raise: its check carries
+    the reason. Failing to write a cache file does raise.
     """
     if (write_dir is None) != (final_dir is None):
         raise ValueError("write_dir and final_dir must be given together")
@@ -99,3 +100,31 @@ def check_and_cache_images(
             results.append(future.result())
             progress.advance(task)
     return results
+
+
+def images_failed_error(failures: Sequence[tuple[str, str]], total: int, advice: str) -> ImageError:
+    """Build one ImageError that lists every (path, reason) in `failures`, followed by `advice`."""
+    lines = "\n".join(f"  {path}: {reason}" for path, reason in failures)
+    return ImageError(
+        f"{len(failures)} of {total} images failed to load:\n{lines}\n{advice}",
+        failures=list(failures),
+    )
+
+
+def check_images(paths: Sequence[str], *, num_workers: int = 0) -> list[tuple[int, int, str]]:
+    """Decode every image in `paths` and return (width, height, original mode) for each.
+
+    Width and height are those of the RGB image that load_rgb returns, so they
+    follow the EXIF orientation. `num_workers` > 0 decodes in a pool of that many
+    threads, and 0 decodes in one thread. When any file fails, raises one ImageError
+    that lists every failed file with its reason, and its `failures` attribute
+    contains the (path, reason) pairs.
+    """
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be 0 (serial) or a positive thread count, got {num_workers}")
+
+    checks = check_and_cache_images(paths, paths, num_workers=num_workers or 1)
+    failures = [(str(path), check.error) for path, check in zip(paths, checks) if check.error is not None]
+    if failures:
+        raise images_failed_error(failures, len(paths), "Replace or delete these files, then run the stage again.")
+    return [(check.width, check.height, check.mode) for check in checks]

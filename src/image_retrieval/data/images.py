@@ -7,7 +7,6 @@ Broken files always raise; no placeholder image is ever returned in their place.
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import struct
 from collections.abc import Sequence
@@ -36,7 +35,7 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct
 class ImageError(ValueError):
     """An image file is missing, unreadable, corrupt, too large or in an unsupported mode.
 
-    `path` and `reason` describe a single file. An error from check_images lists
+    `path` and `reason` describe a single file. An error from cache.check_images lists
     every failed file in `failures` as (path, reason) pairs.
     """
 
@@ -69,46 +68,6 @@ def load_rgb(path: str | Path) -> Image.Image:
 def load_rgb_and_mode(path: str | Path) -> tuple[Image.Image, str]:
     """Decode the image like `load_rgb` and also return the mode the file was stored in."""
     return _load_rgb_with_mode(path)
-
-
-def check_images(paths: Sequence[str], *, num_workers: int = 0) -> list[tuple[int, int, str]]:
-    """Decode every image in `paths` and return (width, height, original mode) for each.
-
-    Width and height are those of the RGB image that load_rgb returns, so they
-    follow the EXIF orientation. `num_workers` > 0 decodes in a pool of that many
-    threads, and 0 decodes serially. When any file fails, raises one ImageError
-    that lists every failed file with its reason, and its `failures` attribute
-    contains the (path, reason) pairs.
-    """
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be 0 (serial) or a positive thread count, got {num_workers}")
-
-    if num_workers == 0:
-        outcomes = [_check_one(path) for path in paths]
-    else:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=num_workers) as executor:
-            outcomes = list(executor.map(_check_one, paths))
-
-    failures = [(str(path), outcome) for path, outcome in zip(paths, outcomes) if isinstance(outcome, ImageError)]
-    if failures:
-        lines = "\n".join(f"  {error}" for _, error in failures)
-        raise ImageError(
-            f"{len(failures)} of {len(paths)} images failed to load:\n{lines}\n"
-            "Replace or delete these files, then run the stage again.",
-            failures=[(path, error.reason) for path, error in failures],
-        )
-
-    return outcomes
-
-
-def _check_one(path: str) -> tuple[int, int, str] | ImageError:
-    try:
-        image, original_mode = _load_rgb_with_mode(path)
-    except ImageError as error:
-        return error
-    width, height = image.size
-    image.close()
-    return width, height, original_mode
 
 
 def _image_error(path: str | Path, reason: str) -> ImageError:

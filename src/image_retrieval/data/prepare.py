@@ -15,8 +15,7 @@ from pathlib import Path
 import polars as pl
 
 from image_retrieval.config import PrepareConfig
-from image_retrieval.data.cache import check_and_cache_images
-from image_retrieval.data.images import ImageError
+from image_retrieval.data.cache import check_and_cache_images, images_failed_error
 from image_retrieval.io import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -153,7 +152,7 @@ def assign_splits(table: pl.DataFrame, config: PrepareConfig) -> pl.DataFrame:
 def _carve_val_classes(table: pl.DataFrame, config: PrepareConfig) -> pl.DataFrame:
     """Keep an official train/test split and move a seeded fraction of training classes to val.
 
-    The test split is never touched, so validation never sees a test class.
+    The test split is never touched, so no test class ever reaches validation.
     """
     official = set(table.get_column("split").unique().to_list())
     if not official <= {"train", "test"} or None in official:
@@ -265,7 +264,7 @@ def prepare_dataset(
     (images, classes, and the min, median and max images per class) and the
     count of excluded images. `source_hint` names where the images came from
     (such as "data.demo.source='data/demo'"), so that an error about a fetched
-    copy tells the user which original to fix.
+    copy names the original to fix.
     """
     table = assign_splits(table, config)
     output_dir = Path(output_dir)
@@ -288,12 +287,11 @@ def prepare_dataset(
             reason=pl.Series([checks[index].error for index in failed], dtype=pl.String)
         )
         if failed and config.on_bad_image == "error":
-            lines = "\n".join(f"  {path}: {reason}" for _, path, reason in excluded.iter_rows())
             where = f" in the dataset source ({source_hint}), not in the fetched copy" if source_hint else ""
-            raise ImageError(
-                f"{len(failed)} of {table.height} images failed to load:\n{lines}\n"
+            raise images_failed_error(
+                [(path, reason) for _, path, reason in excluded.iter_rows()],
+                table.height,
                 f"Replace or delete these files{where}, or set prepare.on_bad_image=exclude to leave them out.",
-                failures=[(path, reason) for _, path, reason in excluded.iter_rows()],
             )
         if failed:
             logger.warning("Excluding %d unreadable images; see %s", len(failed), output_dir / "excluded.parquet")

