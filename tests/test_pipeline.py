@@ -29,7 +29,7 @@ def run(command: list[str], cwd: Path) -> str:
     environment = dict(os.environ)
     environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"
     environment["IMAGE_RETRIEVAL_LOG_LEVEL"] = "WARNING"
-    completed = subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True)
+    completed = subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=600)
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, f"{' '.join(command)} failed:\n{output}"
     return output

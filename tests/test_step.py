@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from image_retrieval.train.step import backward_in_micro_batches, gather_labels,
 
 BATCH = 16
 TOLERANCE = 1e-5
+WORKER_TIMEOUT_S = 120
 
 
 def tiny_embedder() -> Embedder:
@@ -106,6 +108,8 @@ def two_process_worker(rank: int, port: int, output_dir: str) -> None:
             name.removeprefix("module."): p.grad.clone() for name, p in model.named_parameters() if p.grad is not None
         }
         torch.save({"loss": float(loss), "gradients": gradients}, Path(output_dir) / f"rank{rank}.pt")
+        # Both ranks finish their collectives before either tears the group down.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -113,10 +117,21 @@ def two_process_worker(rank: int, port: int, output_dir: str) -> None:
 def test_two_processes_match_one(tmp_path: Path) -> None:
     expected_loss, expected = full_batch_gradients(losses.SupConLoss(temperature=0.1))
 
-    multiprocessing.spawn(two_process_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    context = multiprocessing.spawn(two_process_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=False)
+    # A worker that has written its result but hangs while shutting down gloo
+    # must not hang the suite: wait a bounded time, then stop what is left.
+    deadline = time.monotonic() + WORKER_TIMEOUT_S
+    while not context.join(timeout=1) and time.monotonic() < deadline:
+        pass
+    for process in context.processes:
+        if process.is_alive():
+            process.terminate()
+            process.join(timeout=5)
 
     for rank in (0, 1):
-        result = torch.load(tmp_path / f"rank{rank}.pt")
+        result_path = tmp_path / f"rank{rank}.pt"
+        assert result_path.is_file(), f"rank {rank} wrote no result within {WORKER_TIMEOUT_S} s"
+        result = torch.load(result_path)
         assert result["loss"] == pytest.approx(expected_loss, abs=TOLERANCE)
         assert result["gradients"].keys() == expected.keys()
         for name, gradient in result["gradients"].items():
