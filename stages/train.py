@@ -2,6 +2,10 @@
 
 from pathlib import Path
 
+import contextlib
+import logging
+import os
+
 import polars as pl
 from dvclive import Live
 
@@ -16,10 +20,19 @@ INPUTS = [Path("models/base"), Path("data/prepared/train.parquet"), Path("data/p
 
 def main() -> None:
     config = load_params("train")
+    # Under a multi-process launcher (which sets RANK) only the main process logs
+    # and writes metrics. Reading RANK, rather than creating accelerate's state
+    # here, leaves that state to the Accelerator in the training loop.
+    is_main_process = int(os.environ.get("RANK", "0")) == 0
+    if not is_main_process:
+        logging.getLogger("image_retrieval").setLevel(logging.WARNING)
     # Resume only a run with the same parameters and inputs; anything else starts fresh.
     checkpoints = CheckpointStore(training_fingerprint(to_dict(config), INPUTS))
     # dvcyaml=None: the plots are declared in dvc.yaml, so dvclive must not edit it.
-    with Live(dir="metrics/train", save_dvc_exp=False, dvcyaml=None) as live:
+    live_context = (
+        Live(dir="metrics/train", save_dvc_exp=False, dvcyaml=None) if is_main_process else contextlib.nullcontext()
+    )
+    with live_context as live:
         summary = train_embedder(
             Path("models/base"),
             pl.read_parquet("data/prepared/train.parquet"),
@@ -29,7 +42,8 @@ def main() -> None:
             live=live,
             checkpoints=checkpoints,
         )
-    write_json("metrics/train.json", summary.to_dict())
+    if is_main_process:
+        write_json("metrics/train.json", summary.to_dict())
 
 
 if __name__ == "__main__":

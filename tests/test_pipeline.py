@@ -25,8 +25,9 @@ ALL_STAGES = (
 )
 
 
-def run(command: list[str], cwd: Path) -> str:
+def run(command: list[str], cwd: Path, extra_environment: dict[str, str] | None = None) -> str:
     environment = dict(os.environ)
+    environment.update(extra_environment or {})
     environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"
     environment["IMAGE_RETRIEVAL_LOG_LEVEL"] = "WARNING"
     completed = subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=600)
@@ -181,3 +182,49 @@ def test_search_missing_image_named(pipeline_repo: Path) -> None:
 
     assert completed.returncode != 0
     assert "no-such-photo.jpg" in completed.stderr
+
+
+def _set_train_launcher(repo: Path, launcher: str) -> str:
+    """Write train.launcher into the repo's params.yaml and return the previous file text."""
+    params_path = repo / "params.yaml"
+    original = params_path.read_text()
+    params = yaml.safe_load(original)
+    params["train"]["launcher"] = launcher
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return original
+
+
+def test_train_stage_runs_in_two_processes(pipeline_repo: Path) -> None:
+    # accelerate's own launcher starts a single process on a machine without
+    # GPUs, so the CPU test launches through torchrun, which accelerate reads.
+    original = _set_train_launcher(pipeline_repo, "torchrun --nproc_per_node 2")
+    try:
+        output = run(["dvc", "repro", "--force", "--single-item", "train"], pipeline_repo, {"ACCELERATE_USE_CPU": "1"})
+    finally:
+        (pipeline_repo / "params.yaml").write_text(original)
+
+    assert "Running stage 'train'" in output
+    summary = json.loads((pipeline_repo / "metrics" / "train.json").read_text())
+    assert summary["processes"] == 2
+    assert summary["epochs_run"] == 2
+    # Only the main process logs to dvclive: one row per epoch, not two.
+    loss_rows = (pipeline_repo / "metrics" / "train" / "plots" / "metrics" / "train" / "loss.tsv").read_text()
+    assert len(loss_rows.strip().splitlines()) == 1 + 2
+    assert (pipeline_repo / "models" / "finetuned" / "embedder.json").is_file()
+
+
+def test_train_stage_refuses_processes_that_do_not_share_a_batch(pipeline_repo: Path) -> None:
+    original = _set_train_launcher(pipeline_repo, "torchrun --nproc_per_node 2")
+    environment = dict(os.environ)
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"
+    environment.pop("ACCELERATE_USE_CPU", None)
+    try:
+        completed = subprocess.run(
+            ["dvc", "repro", "--force", "--single-item", "train"],
+            cwd=pipeline_repo, env=environment, capture_output=True, text=True, timeout=600,
+        )
+    finally:
+        (pipeline_repo / "params.yaml").write_text(original)
+
+    assert completed.returncode != 0
+    assert "ACCELERATE_USE_CPU=1" in completed.stdout + completed.stderr

@@ -79,3 +79,25 @@ def report(metrics_file: Path) -> None:
         table.add_row(key, f"{100 * base[key]:.2f}", f"{100 * finetuned[key]:.2f}", difference_text)
     console.print(table)
     console.print("Values in percent; difference in percentage points.")
+
+
+@main.command()
+@click.argument("name")
+@click.option(
+    "--params-file", default=Path("params.yaml"), show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path), help="Parameters the preset is checked against.",
+)
+def preset(name: str, params_file: Path) -> None:
+    """Print presets/NAME.yaml as `-S key=value` arguments for `dvc exp run`.
+
+    Use it as `dvc exp run $(image-retrieval preset sop-1gpu)`. The preset is
+    applied to params.yaml in memory and validated first.
+    """
+    from image_retrieval.config import ParamsError
+    from image_retrieval.presets import load_preset, set_param_arguments
+
+    try:
+        arguments = set_param_arguments(load_preset(name, params_file))
+    except ParamsError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(" ".join(arguments))

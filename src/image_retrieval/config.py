@@ -247,7 +247,7 @@ class TrainConfig:
     images_per_class: int = 8
     # supcon: SupConLoss at temperature. multi_similarity, proxy_anchor and
     # triplet read their own sections below.
-    loss: Literal["supcon", "multi_similarity", "proxy_anchor", "triplet"] = "supcon"
+    loss: Literal["supcon", "multi_similarity", "proxy_anchor", "triplet"] = "multi_similarity"
     temperature: float = 0.1
     multi_similarity: MultiSimilarityConfig = field(default_factory=MultiSimilarityConfig)
     proxy_anchor: ProxyAnchorConfig = field(default_factory=ProxyAnchorConfig)
@@ -259,6 +259,11 @@ class TrainConfig:
     # auto: bf16 autocast on CUDA, fp32 elsewhere (bf16 is several times slower on CPUs).
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     seed: int = 0
+    # DataLoader worker processes that decode and augment training images; 0 decodes in the training process.
+    num_workers: int = 0
+    # The command that runs stages/train.py: "python" for one process, or a
+    # launcher such as "accelerate launch --multi_gpu --num_processes 4".
+    launcher: str = "python"
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self) -> None:
@@ -281,9 +286,11 @@ class TrainConfig:
                 f"train.accumulation_steps={self.accumulation_steps} must be at least 1 and divide "
                 f"train.batch_size={self.batch_size}"
             )
-        for name in ("early_stopping_patience", "embedding_dim"):
+        for name in ("early_stopping_patience", "embedding_dim", "num_workers"):
             if getattr(self, name) < 0:
                 raise ParamsError(f"train.{name}={getattr(self, name)} must be 0 (disabled) or positive")
+        if not self.launcher.strip():
+            raise ParamsError('train.launcher is empty; set it to "python" or an "accelerate launch ..." command')
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import polars as pl
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 
 from image_retrieval.config import TrainConfig
 from image_retrieval.data.prepare import image_source_paths
@@ -38,6 +39,7 @@ class TrainSummary:
     epochs_run: int
     train_images_per_second: float
     seconds: float
+    processes: int = 1
 
     def to_dict(self) -> dict:
         return {
@@ -49,6 +51,7 @@ class TrainSummary:
             "epochs_run": self.epochs_run,
             "train_images_per_second": self.train_images_per_second,
             "seconds": self.seconds,
+            "processes": self.processes,
         }
 
 
@@ -120,9 +123,34 @@ def _add_projection_head(embedder: Embedder, embedding_dim: int) -> None:
     logger.info("Projection head: linear %d to %d", hidden_size, embedding_dim)
 
 
-def _val_recall_at_1(embedder: Embedder, loader, labels: np.ndarray, device: torch.device) -> float:
-    embeddings = embed_tensors(embedder, loader, device)
-    return evaluate_retrieval(embeddings, labels, recall_at=(1,)).recall_at_k[1]
+def _val_recall_at_1(accelerator: Accelerator, embedder: Embedder, loader, labels: np.ndarray) -> float:
+    """Compute val Recall@1 on the main process and return it on every process.
+
+    `embedder` is the unwrapped model, so its forward pass needs no other
+    process. The others wait for the result, which keeps model selection and
+    early stopping identical everywhere.
+    """
+    result = [0.0]
+    if accelerator.is_main_process:
+        embeddings = embed_tensors(embedder, loader, accelerator.device)
+        result[0] = evaluate_retrieval(embeddings, labels, recall_at=(1,)).recall_at_k[1]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(result, from_process=0)
+    return result[0]
+
+
+def _check_process_count(accelerator: Accelerator) -> None:
+    """Refuse to train when a launcher started several processes that accelerate treats as independent.
+
+    Each would otherwise train alone on the full data and overwrite the
+    others' outputs.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise ValueError(
+            f"the launcher started {launched} processes (WORLD_SIZE={launched}) but accelerate sees "
+            f"{accelerator.num_processes}; on CPU set ACCELERATE_USE_CPU=1, on GPUs check train.launcher"
+        )
 
 
 def train_embedder(
@@ -146,6 +174,7 @@ def train_embedder(
     started = time.perf_counter()
     set_seed(config.seed)
     accelerator = Accelerator(mixed_precision=_mixed_precision(config.precision))
+    _check_process_count(accelerator)
     device = accelerator.device
 
     embedder = Embedder.from_pretrained(base_model_dir)
@@ -173,11 +202,15 @@ def train_embedder(
         horizontal_flip=config.horizontal_flip,
         augmentation=TrainAugmentation.from_config(config.augment),
     )
-    train_loader = torch.utils.data.DataLoader(train_dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True)
+    train_loader = torch.utils.data.DataLoader(
+        train_dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True, num_workers=config.num_workers
+    )
 
     val_labels = val_table["label"].to_numpy()
     val_loader = torch.utils.data.DataLoader(
-        ImageDataset(image_source_paths(val_table), embedder.preprocessing), batch_size=config.batch_size
+        ImageDataset(image_source_paths(val_table), embedder.preprocessing),
+        batch_size=config.batch_size,
+        num_workers=config.num_workers,
     )
 
     metric_loss = build_loss(config, num_classes=len(train_classes), embedding_size=embedder.embedding_dim)
@@ -198,7 +231,7 @@ def train_embedder(
     trainable_names = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
     checkpoint = checkpoints.load() if checkpoints is not None else None
     if checkpoint is None:
-        base_val_recall = _val_recall_at_1(model, val_loader, val_labels, device)
+        base_val_recall = _val_recall_at_1(accelerator, model, val_loader, val_labels)
         best_epoch, best_recall, best_state = 0, -1.0, None
         images_seen, train_seconds, history, first_epoch = 0, 0.0, [], 1
     else:
@@ -252,7 +285,7 @@ def train_embedder(
             images_seen += len(pixels)
         train_seconds += time.perf_counter() - epoch_started
 
-        val_recall = _val_recall_at_1(model, val_loader, val_labels, device)
+        val_recall = _val_recall_at_1(accelerator, model, val_loader, val_labels)
         mean_loss = float(np.mean(losses))
         logger.info("Epoch %d: train loss %.4f, val Recall@1 %.4f", epoch, mean_loss, val_recall)
         if live is not None:
@@ -309,6 +342,8 @@ def train_embedder(
         final_train_loss=mean_loss,
         lora_modules=lora_modules,
         epochs_run=epochs_run,
-        train_images_per_second=images_seen / train_seconds,
+        # Every process counts its own share of each global batch.
+        train_images_per_second=images_seen * accelerator.num_processes / train_seconds,
         seconds=time.perf_counter() - started,
+        processes=accelerator.num_processes,
     )
