@@ -11,8 +11,9 @@ def main() -> None:
     evaluate_models(
         Path("data/embeddings"),
         Path("data/index"),
+        Path("data/prepared/test.parquet"),
         load_params("evaluate"),
-        Path("metrics/evaluate.json"),
+        Path("metrics"),
         Path("metrics/plots"),
     )
 

@@ -14,7 +14,7 @@ def main() -> None:
     if len(sys.argv) != 2 or sys.argv[1] not in MODELS:
         sys.exit("usage: python stages/index.py {base|finetuned}")
     model = sys.argv[1]
-    index_embeddings(Path("data/embeddings") / model, load_params("index").factory, Path("data/index") / model)
+    index_embeddings(Path("data/embeddings") / model, load_params("index"), Path("data/index") / model)
 
 
 if __name__ == "__main__":

@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
+from image_retrieval.config import IndexConfig, ParamsError
 from image_retrieval.index import (
     INDEX_FILE,
     METADATA_FILE,
     IndexMetadata,
     IndexMismatchError,
+    apply_search_parameters,
     build_index,
     load_index,
     save_index,
@@ -110,3 +113,44 @@ def test_stored_dimension_mismatch_rejected(tmp_path: Path) -> None:
 def test_missing_index_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="index.faiss not found"):
         load_index(tmp_path / "absent")
+
+
+def test_search_parameters_saved_and_applied(tmp_path: Path) -> None:
+    vectors = random_unit_vectors(400, 16)
+    index = build_index(vectors, "IVF8,Flat", seed=0)
+    metadata = IndexMetadata(
+        factory="IVF8,Flat", dimension=16, num_vectors=400, model_fingerprint="a" * 64, resolution=28,
+        row_ids=[str(row) for row in range(400)], paths=[f"{row}.png" for row in range(400)],
+        search_parameters={"nprobe": 8},
+    )
+    save_index(index, metadata, tmp_path / "index")
+
+    loaded, loaded_metadata = load_index(tmp_path / "index")
+
+    assert loaded_metadata.search_parameters == {"nprobe": 8}
+    assert faiss.extract_index_ivf(loaded).nprobe == 8
+    # Visiting all 8 lists makes the IVF search exact.
+    _, rows = loaded.search(vectors[:20], 1)
+    assert rows[:, 0].tolist() == list(range(20))
+
+
+def test_hnsw_ef_search_applied() -> None:
+    index = build_index(random_unit_vectors(200, 16), "HNSW16")
+
+    apply_search_parameters(index, {"efSearch": 77}, "HNSW16")
+
+    assert index.hnsw.efSearch == 77
+
+
+def test_inapplicable_search_parameter_named() -> None:
+    index = build_index(random_unit_vectors(200, 16), "HNSW16")
+
+    with pytest.raises(ValueError, match="index.nprobe=4 does not apply to index.factory='HNSW16'"):
+        apply_search_parameters(index, {"nprobe": 4}, "HNSW16")
+
+
+def test_index_config_search_parameters() -> None:
+    assert IndexConfig().search_parameters() == {}
+    assert IndexConfig(factory="IVF64,Flat", nprobe=16).search_parameters() == {"nprobe": 16}
+    with pytest.raises(ParamsError, match="index.ef_search=-1"):
+        IndexConfig(ef_search=-1)

@@ -77,6 +77,10 @@ def test_repro_runs_every_stage(pipeline_repo: Path) -> None:
         assert 0.0 <= results[model]["recall@1"] <= 1.0
         assert results[model]["num_queries"] == 12
         assert results[model]["index_recall@10_vs_exact"] == 1.0
+        assert results[model]["index_latency_p50_ms"] > 0
+    worst_queries = (pipeline_repo / "metrics" / "worst_queries.csv").read_text().splitlines()
+    assert worst_queries[0].startswith("image_id,path,label_name")
+    assert len(worst_queries) == 1 + 12
     assert (pipeline_repo / "metrics" / "plots" / "recall_at_k.png").stat().st_size > 0
     assert (pipeline_repo / "metrics" / "plots" / "example_queries.png").stat().st_size > 0
     assert (pipeline_repo / "models" / "finetuned" / "embedder.json").is_file()
@@ -126,6 +130,9 @@ def test_exp_run_on_sop_archive(pipeline_repo: Path, tmp_path: Path) -> None:
     assert "Running stage 'fetch@model'" not in output
     results = json.loads((pipeline_repo / "metrics" / "evaluate.json").read_text())
     assert results["finetuned"]["num_queries"] == 16
+    by_super_class = json.loads((pipeline_repo / "metrics" / "evaluate_by_super_class.json").read_text())
+    assert by_super_class["finetuned"], "SOP test classes have super-classes"
+    assert sum(group["num_queries"] for group in by_super_class["finetuned"].values()) == 16
     prepared = json.loads((pipeline_repo / "metrics" / "prepare.json").read_text())
     assert prepared["test"]["classes"] == 4
     assert prepared["val"]["classes"] == 2

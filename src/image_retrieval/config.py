@@ -300,8 +300,27 @@ class EmbedConfig:
 
 @dataclass
 class IndexConfig:
-    # Any faiss index factory string; "Flat" is exact search.
+    # Any faiss index factory string: "Flat" (exact), "IVF4096,Flat", "HNSW32", "IVF4096,PQ48", ...
     factory: str = "Flat"
+    # Inverted lists an IVF index visits per query; 0 keeps faiss's default (1).
+    nprobe: int = 0
+    # Candidate list size of an HNSW search; 0 keeps faiss's default (16).
+    ef_search: int = 0
+    # Vectors, drawn at random with seed, that train an index which needs training (IVF, PQ).
+    train_sample: int = 100_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("nprobe", "ef_search"):
+            if getattr(self, name) < 0:
+                raise ParamsError(f"index.{name}={getattr(self, name)} must be 0 (faiss's default) or positive")
+        if self.train_sample < 1:
+            raise ParamsError(f"index.train_sample={self.train_sample} must be positive")
+
+    def search_parameters(self) -> dict[str, int]:
+        """Return the faiss search parameters that are set, by their faiss names."""
+        parameters = {"nprobe": self.nprobe, "efSearch": self.ef_search}
+        return {name: value for name, value in parameters.items() if value > 0}
 
 
 @dataclass
@@ -311,10 +330,17 @@ class EvaluateConfig:
     chunk_size: int = 1024
     example_queries: int = 6
     example_top_k: int = 5
+    # Queries timed one at a time against each saved index (p50 and p99 latency).
+    latency_queries: int = 200
+    # Rows of metrics/worst_queries.csv: the fine-tuned model's lowest MAP@R queries.
+    worst_queries: int = 50
 
     def __post_init__(self) -> None:
         if any(k <= 0 for k in self.recall_at):
             raise ParamsError(f"evaluate.recall_at={self.recall_at} must contain positive integers")
+        for name in ("chunk_size", "latency_queries", "worst_queries"):
+            if getattr(self, name) < 1:
+                raise ParamsError(f"evaluate.{name}={getattr(self, name)} must be at least 1")
 
 
 SECTIONS: dict[str, type] = {

@@ -2,9 +2,12 @@
 
 Both models are scored by the protocol in `image_retrieval.metrics`
 (leave-one-out, exact inner-product search, ties broken by ascending row
-index). The saved faiss index of each model is checked against its
-embeddings, and its Recall@10 against the exact search is reported so that an
-approximate index shows what it costs.
+index), so the headline figures measure the model, not the index. The saved
+faiss index of each model is checked against its embeddings and measured
+against the exact search (`image_retrieval.index_report`), so that an
+approximate index shows what it costs. Results are also written per
+super-class, when the dataset has super-classes, and as a table of the
+fine-tuned model's worst queries.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 
 from image_retrieval.config import EvaluateConfig
 from image_retrieval.embed import StoredEmbeddings, load_embeddings
 from image_retrieval.index import load_index
-from image_retrieval.io import write_json
-from image_retrieval.metrics import evaluate_retrieval
+from image_retrieval.index_report import index_report
+from image_retrieval.io import atomic_path, write_json
+from image_retrieval.metrics import PerQueryResults, evaluate_retrieval, per_query_results
 from image_retrieval.plots import plot_example_queries, plot_recall_curves
 
 logger = logging.getLogger(__name__)
@@ -27,36 +32,11 @@ MODELS = ("base", "finetuned")
 PROTOCOL = "leave-one-out on the test split, exact inner-product search"
 # K values of the Recall@K curve, on top of the headline evaluate.recall_at.
 CURVE_KS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
-INDEX_RECALL_K = 10
 
 
-def _index_recall_against_exact(index, exact_neighbors: np.ndarray, embeddings: np.ndarray) -> float:
-    """Fraction of the exact top 10 (self excluded) that the index also returns in its top 10.
-
-    A returned row counts when its exact inner product reaches the exact 10th
-    score (within 1e-6), so rows tied at the boundary count for either order
-    and an exact index scores 1.0.
-    """
-    k = min(INDEX_RECALL_K, exact_neighbors.shape[1])
-    _, approximate = index.search(np.ascontiguousarray(embeddings), k + 1)
-    hits = 0
-    for row, candidates in enumerate(approximate):
-        found = np.array([candidate for candidate in candidates if candidate not in (row, -1)][:k], dtype=np.int64)
-        kth_score = float(embeddings[exact_neighbors[row, k - 1]] @ embeddings[row])
-        found_scores = embeddings[found] @ embeddings[row] if len(found) else np.zeros(0)
-        hits += int(np.count_nonzero(found_scores >= kth_score - 1e-6))
-    return hits / (k * len(embeddings))
-
-
-def evaluate_models(
-    embeddings_root: Path,
-    index_root: Path,
-    config: EvaluateConfig,
-    metrics_path: Path,
-    plots_dir: Path,
-) -> dict:
-    """Evaluate every model in MODELS and write the metrics JSON, the curve data and two PNGs."""
-    stored: dict[str, StoredEmbeddings] = {name: load_embeddings(embeddings_root / name) for name in MODELS}
+def _load_model_embeddings(embeddings_root: Path) -> dict[str, StoredEmbeddings]:
+    """Load every model's embeddings and check that all of them list the same images in the same order."""
+    stored = {name: load_embeddings(embeddings_root / name) for name in MODELS}
     reference_ids = stored[MODELS[0]].rows["image_id"]
     for name, model_embeddings in stored.items():
         if not model_embeddings.rows["image_id"].equals(reference_ids):
@@ -64,10 +44,95 @@ def evaluate_models(
                 f"{embeddings_root / name} embeds other images, or in another order, than "
                 f"{embeddings_root / MODELS[0]}; run `dvc repro embed` so both embed the same test split"
             )
+    return stored
 
-    labels = stored[MODELS[0]].rows["label"].to_numpy()
+
+def _test_rows(rows: pl.DataFrame, test_table_path: Path) -> pl.DataFrame:
+    """Add label_name and super_label from the prepared test table to the embedded rows, keeping their order."""
+    test_table = pl.read_parquet(test_table_path).select("image_id", "label_name", "super_label")
+    joined = rows.join(test_table, on="image_id", how="left", maintain_order="left")
+    missing = joined.filter(pl.col("label_name").is_null())["image_id"]
+    if len(missing):
+        raise ValueError(
+            f"{len(missing)} embedded images are not in {test_table_path} (first: {missing[0]}); "
+            "run `dvc repro embed` so the embeddings match the prepared test split"
+        )
+    return joined
+
+
+def _metrics_by_super_class(results: PerQueryResults, super_labels: np.ndarray, recall_ks: list[int]) -> dict:
+    """Average each metric over the scored queries of every super-class: {super_label: {metric: value}}."""
+    is_scored = results.relevant_counts > 0
+    by_super_class = {}
+    for super_label in np.unique(super_labels[is_scored]):
+        members = is_scored & (super_labels == super_label)
+        by_super_class[str(int(super_label))] = {
+            **{f"recall@{k}": float(results.recall_at(k)[members].mean()) for k in recall_ks},
+            "map@r": float(results.average_precision_at_r[members].mean()),
+            "r_precision": float(results.r_precision[members].mean()),
+            "num_queries": int(members.sum()),
+        }
+    return by_super_class
+
+
+def _worst_queries_table(
+    rows: pl.DataFrame,
+    embeddings: np.ndarray,
+    results: PerQueryResults,
+    neighbors: np.ndarray,
+    base_results: PerQueryResults,
+    count: int,
+) -> pl.DataFrame:
+    """List the `count` scored queries with the lowest average precision at R, then the latest first hit.
+
+    A first_relevant_rank of 0 means no relevant image among the searched neighbours.
+    """
+    top_rows = neighbors[:, 0]
+    table = rows.select("image_id", "path", "label_name", "super_label").with_columns(
+        relevant_images=pl.Series(results.relevant_counts),
+        first_relevant_rank=pl.Series(results.first_relevant_ranks),
+        base_first_relevant_rank=pl.Series(base_results.first_relevant_ranks),
+        average_precision_at_r=pl.Series(results.average_precision_at_r),
+        top1_path=pl.Series(rows["path"].to_numpy()[top_rows]),
+        top1_label_name=pl.Series(rows["label_name"].to_numpy()[top_rows]),
+        top1_score=pl.Series(np.einsum("nd,nd->n", embeddings, embeddings[top_rows])),
+    )
+    # A query whose first hit lies beyond the searched neighbours sorts as the latest.
+    never_found = neighbors.shape[1] + 1
+    return (
+        table.filter(pl.col("relevant_images") > 0)
+        .with_columns(
+            sort_rank=pl.when(pl.col("first_relevant_rank") == 0)
+            .then(never_found)
+            .otherwise(pl.col("first_relevant_rank"))
+        )
+        .sort(["average_precision_at_r", "sort_rank", "image_id"], descending=[False, True, False])
+        .drop("sort_rank")
+        .head(count)
+    )
+
+
+def evaluate_models(
+    embeddings_root: Path,
+    index_root: Path,
+    test_table_path: Path,
+    config: EvaluateConfig,
+    metrics_dir: Path,
+    plots_dir: Path,
+) -> dict:
+    """Evaluate every model in MODELS and write the metrics, the per-super-class results, the worst queries and plots.
+
+    Writes, in `metrics_dir`: evaluate.json (headline metrics and index
+    measurements per model), evaluate_by_super_class.json and worst_queries.csv;
+    in `plots_dir`: recall_at_k.json, recall_at_k.png and example_queries.png.
+    """
+    stored = _load_model_embeddings(embeddings_root)
+    rows = _test_rows(stored[MODELS[0]].rows, test_table_path)
+    labels = rows["label"].to_numpy()
+    super_labels = rows["super_label"].to_numpy()
     requested_ks = sorted(set(config.recall_at) | set(CURVE_KS))
-    results, curves, neighbors_by_model = {}, {}, {}
+
+    results, curves, neighbors_by_model, per_query_by_model, by_super_class = {}, {}, {}, {}, {}
     for name, model_embeddings in stored.items():
         metrics, neighbors = evaluate_retrieval(
             model_embeddings.embeddings,
@@ -81,23 +146,37 @@ def evaluate_models(
             expected_fingerprint=model_embeddings.info["model_fingerprint"],
             expected_dimension=model_embeddings.info["dimension"],
         )
+        if metadata.row_ids != model_embeddings.rows["image_id"].to_list():
+            raise ValueError(
+                f"{index_root / name} indexes other images than {embeddings_root / name}; run `dvc repro index`"
+            )
 
-        headline = {
-            f"recall@{k}": value for k, value in metrics.recall_at_k.items() if k in config.recall_at
-        }
+        headline = {f"recall@{k}": value for k, value in metrics.recall_at_k.items() if k in config.recall_at}
         results[name] = {
             **headline,
             "map@r": metrics.map_at_r,
             "r_precision": metrics.r_precision,
             "num_queries": metrics.num_queries,
             "num_excluded_queries": metrics.num_excluded_queries,
-            "index_factory": metadata.factory,
-            f"index_recall@{INDEX_RECALL_K}_vs_exact": _index_recall_against_exact(
-                index, neighbors, model_embeddings.embeddings
+            **index_report(
+                index,
+                metadata,
+                index_root / name,
+                model_embeddings.embeddings,
+                neighbors,
+                latency_queries=config.latency_queries,
             ),
         }
         curves[name] = metrics.recall_at_k
         neighbors_by_model[name] = neighbors
+        per_query = per_query_results(neighbors, labels, labels, leave_one_out=True)
+        per_query_by_model[name] = per_query
+        # Folders without super-class directories, JSONL files and the demo have none.
+        if rows["super_label"].null_count() == 0:
+            reported_ks = sorted(k for k in metrics.recall_at_k if k in config.recall_at)
+            by_super_class[name] = _metrics_by_super_class(per_query, super_labels, reported_ks)
+        else:
+            by_super_class[name] = {}
         logger.info("%s: %s", name, {key: round(value, 4) for key, value in headline.items()})
 
     metric_names = [key for key in results[MODELS[0]] if key.startswith("recall@")] + ["map@r", "r_precision"]
@@ -106,8 +185,32 @@ def evaluate_models(
         **results,
         "difference": {key: results["finetuned"][key] - results["base"][key] for key in metric_names},
     }
-    write_json(metrics_path, payload)
+    write_json(metrics_dir / "evaluate.json", payload)
+    write_json(metrics_dir / "evaluate_by_super_class.json", by_super_class)
+    worst = _worst_queries_table(
+        rows,
+        stored["finetuned"].embeddings,
+        per_query_by_model["finetuned"],
+        neighbors_by_model["finetuned"],
+        per_query_by_model["base"],
+        config.worst_queries,
+    )
+    with atomic_path(metrics_dir / "worst_queries.csv") as temporary:
+        worst.write_csv(temporary)
 
+    _write_plots(stored, rows, curves, neighbors_by_model, config, plots_dir)
+    return payload
+
+
+def _write_plots(
+    stored: dict[str, StoredEmbeddings],
+    rows: pl.DataFrame,
+    curves: dict[str, dict[int, float]],
+    neighbors_by_model: dict[str, np.ndarray],
+    config: EvaluateConfig,
+    plots_dir: Path,
+) -> None:
+    """Write the Recall@K curve data and PNG, and the picture of example queries."""
     curve_ks = sorted(set.intersection(*(set(curve) for curve in curves.values())))
     write_json(
         plots_dir / "recall_at_k.json",
@@ -115,6 +218,7 @@ def evaluate_models(
     )
     plot_recall_curves(curves, plots_dir / "recall_at_k.png")
 
+    labels = rows["label"].to_numpy()
     rng = np.random.default_rng(0)
     num_examples = min(config.example_queries, len(labels))
     query_rows = np.sort(rng.choice(len(labels), size=num_examples, replace=False))
@@ -130,8 +234,7 @@ def evaluate_models(
         query_rows.tolist(),
         example_results,
         example_scores,
-        stored[MODELS[0]].rows["path"].to_list(),
+        rows["path"].to_list(),
         labels,
         plots_dir / "example_queries.png",
     )
-    return payload

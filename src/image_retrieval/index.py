@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import faiss
 import numpy as np
 
+from image_retrieval.config import IndexConfig
 from image_retrieval.io import atomic_path, read_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ class IndexMetadata:
     paths: list[str]
     metric: str = "inner_product"
     build_seconds: float | None = None
+    # faiss search parameters (nprobe, efSearch) that load_index applies.
+    search_parameters: dict[str, int] = field(default_factory=dict)
 
 
 def build_index(embeddings: np.ndarray, factory: str, *, seed: int = 0, train_sample: int = 100_000) -> faiss.Index:
@@ -63,6 +66,24 @@ def build_index(embeddings: np.ndarray, factory: str, *, seed: int = 0, train_sa
         index.train(sample)
     index.add(embeddings)
     return index
+
+
+def apply_search_parameters(index: faiss.Index, parameters: dict[str, int], factory: str) -> None:
+    """Set faiss search parameters such as {"nprobe": 16} or {"efSearch": 128} on `index`.
+
+    Raises ValueError when a parameter does not apply to the index type, for
+    example nprobe on an HNSW index.
+    """
+    space = faiss.ParameterSpace()
+    for name, value in parameters.items():
+        try:
+            space.set_index_parameter(index, name, value)
+        except RuntimeError:
+            params_name = {"nprobe": "index.nprobe", "efSearch": "index.ef_search"}.get(name, name)
+            raise ValueError(
+                f"{params_name}={value} does not apply to index.factory={factory!r}; set it to 0 "
+                "(nprobe applies to IVF indexes, ef_search to HNSW)"
+            ) from None
 
 
 def save_index(index: faiss.Index, metadata: IndexMetadata, directory: Path) -> None:
@@ -119,26 +140,33 @@ def load_index(
             f"{index_path} was built with model fingerprint {metadata.model_fingerprint[:12]}, but the model "
             f"given has {expected_fingerprint[:12]}; rebuild the index with `dvc repro` or pass the matching model"
         )
+    try:
+        apply_search_parameters(index, metadata.search_parameters, metadata.factory)
+    except ValueError as error:
+        raise IndexMismatchError(f"{metadata_path}: {error}") from None
     return index, metadata
 
 
-def index_embeddings(embeddings_dir: Path, factory: str, output_dir: Path, *, seed: int = 0) -> IndexMetadata:
-    """Build and save the index of one embeddings directory (the index stage)."""
+def index_embeddings(embeddings_dir: Path, config: IndexConfig, output_dir: Path) -> IndexMetadata:
+    """Build and save the index of one embeddings directory (the index stage and `image-retrieval index`)."""
     from image_retrieval.embed import load_embeddings
 
     stored = load_embeddings(embeddings_dir)
     started = time.perf_counter()
-    index = build_index(stored.embeddings, factory, seed=seed)
+    index = build_index(stored.embeddings, config.factory, seed=config.seed, train_sample=config.train_sample)
+    build_seconds = time.perf_counter() - started
+    apply_search_parameters(index, config.search_parameters(), config.factory)
     metadata = IndexMetadata(
-        factory=factory,
+        factory=config.factory,
         dimension=int(stored.embeddings.shape[1]),
         num_vectors=int(index.ntotal),
         model_fingerprint=stored.info["model_fingerprint"],
         resolution=int(stored.info["resolution"]),
         row_ids=stored.rows["image_id"].to_list(),
         paths=stored.rows["path"].to_list(),
-        build_seconds=time.perf_counter() - started,
+        build_seconds=build_seconds,
+        search_parameters=config.search_parameters(),
     )
     save_index(index, metadata, output_dir)
-    logger.info("Built %s index of %d vectors in %s", factory, index.ntotal, output_dir)
+    logger.info("Built %s index of %d vectors in %s (%.1f s)", config.factory, index.ntotal, output_dir, build_seconds)
     return metadata

@@ -391,3 +391,50 @@ def _check_same_dimension(queries: np.ndarray, gallery: np.ndarray) -> None:
 def _check_positive_int(value: int, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass
+class PerQueryResults:
+    """Each query's results from the neighbours that `evaluate_retrieval` returns; arrays have one entry per query."""
+
+    # R: relevant gallery rows of the query; 0 for the queries the metrics exclude.
+    relevant_counts: np.ndarray
+    # 1-based rank of the first relevant neighbour; 0 when none is among the k neighbours.
+    first_relevant_ranks: np.ndarray
+    # Average precision over the top R results (MAP@R's term) and R-precision; 0 where R == 0.
+    average_precision_at_r: np.ndarray
+    r_precision: np.ndarray
+
+    def recall_at(self, top_k: int) -> np.ndarray:
+        """Return a [Q] bool array: does a relevant neighbour rank within the top `top_k`?"""
+        return (self.first_relevant_ranks >= 1) & (self.first_relevant_ranks <= top_k)
+
+
+def per_query_results(
+    neighbors: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray, *, leave_one_out: bool
+) -> PerQueryResults:
+    """Score every query separately from its [Q, k] ranked neighbours (gallery row indices, best first).
+
+    `neighbors` must come from `evaluate_retrieval(..., return_neighbors=True)`
+    on the same labels, so that k covers every query's R. The mean of each
+    array over the queries with R > 0 equals the corresponding metric of
+    `evaluate_retrieval`.
+    """
+    query_labels = np.asarray(query_labels)
+    gallery_labels = np.asarray(gallery_labels)
+    relevant_counts = _count_relevant(query_labels, gallery_labels, leave_one_out)
+    is_relevant = gallery_labels[neighbors] == query_labels[:, None]
+
+    ranks = np.arange(1, neighbors.shape[1] + 1)
+    has_relevant = is_relevant.any(axis=1)
+    first_relevant_ranks = np.where(has_relevant, is_relevant.argmax(axis=1) + 1, 0)
+
+    is_relevant_within_r = is_relevant & (ranks <= relevant_counts[:, None])
+    precision_at_rank = np.cumsum(is_relevant_within_r, axis=1) / ranks
+    divisor = np.maximum(relevant_counts, 1)
+    return PerQueryResults(
+        relevant_counts=relevant_counts,
+        first_relevant_ranks=first_relevant_ranks.astype(np.int64),
+        average_precision_at_r=(precision_at_rank * is_relevant_within_r).sum(axis=1) / divisor,
+        r_precision=is_relevant_within_r.sum(axis=1) / divisor,
+    )

@@ -43,7 +43,7 @@ def plot_example_queries(
     labels: np.ndarray,
     output_path: Path,
 ) -> None:
-    """Draw each query beside its top results for every model, framed green (same label) or red.
+    """Draw each query beside its top results for every model, marked right (green) or wrong (red) by label.
 
     `results_by_model` maps a model name to gallery row indices [num_queries, top_k],
     one row per entry of `query_rows`, and `scores_by_model` to their inner products.
@@ -63,7 +63,8 @@ def plot_example_queries(
             for rank, gallery_row in enumerate(results[query_position], start=1):
                 correct = labels[gallery_row] == labels[query_row]
                 colour = CORRECT_COLOUR if correct else WRONG_COLOUR
-                _draw_tile(axes[rank], paths[gallery_row], f"#{rank}  {scores[rank - 1]:.3f}", colour)
+                mark = "right" if correct else "wrong"
+                _draw_tile(axes[rank], paths[gallery_row], f"#{rank} {scores[rank - 1]:.3f}\n{mark}", colour)
             grid_row += 1
 
     figure.suptitle("Example queries: green = same class as the query, red = other class")
