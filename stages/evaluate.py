@@ -11,7 +11,7 @@ def main() -> None:
     evaluate_models(
         Path("data/embeddings"),
         Path("data/index"),
-        Path("data/prepared/test.parquet"),
+        Path("data/prepared"),
         load_params("evaluate"),
         Path("metrics"),
         Path("metrics/plots"),

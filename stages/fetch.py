@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from image_retrieval.config import load_params
-from image_retrieval.data.datasets import fetch_raw_dataset
+from image_retrieval.data.datasets import fetch_gallery, fetch_raw_dataset
 from image_retrieval.model.backbone import load_backbone
 from image_retrieval.model.embedder import Embedder, PreprocessingConfig
 from image_retrieval.stage import run_stage
@@ -15,7 +15,9 @@ BASE_MODEL_DIR = Path("models/base")
 
 
 def fetch_data() -> None:
-    fetch_raw_dataset(load_params("data"), RAW_DIR)
+    data = load_params("data")
+    fetch_raw_dataset(data, RAW_DIR)
+    fetch_gallery(data, RAW_DIR)
 
 
 def fetch_model() -> None:

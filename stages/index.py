@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 from image_retrieval.config import load_params
+from image_retrieval.evaluate import GALLERY_SUBDIR
 from image_retrieval.index import index_embeddings
 from image_retrieval.stage import run_stage
 
@@ -14,7 +15,11 @@ def main() -> None:
     if len(sys.argv) != 2 or sys.argv[1] not in MODELS:
         sys.exit("usage: python stages/index.py {base|finetuned}")
     model = sys.argv[1]
-    index_embeddings(Path("data/embeddings") / model, load_params("index"), Path("data/index") / model)
+    embeddings_dir = Path("data/embeddings") / model
+    # With data.gallery set to a catalog, the index holds the catalog, not the test split.
+    gallery_dir = embeddings_dir / GALLERY_SUBDIR
+    source_dir = gallery_dir if gallery_dir.is_dir() else embeddings_dir
+    index_embeddings(source_dir, load_params("index"), Path("data/index") / model)
 
 
 if __name__ == "__main__":

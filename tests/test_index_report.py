@@ -82,3 +82,14 @@ def test_report_keys_and_flat_size(tmp_path: Path) -> None:
     # A flat index stores 32 float32 values per vector plus a small header.
     assert 128 <= report["index_bytes_per_vector"] < 130
     assert 0 < report["index_latency_p50_ms"] <= report["index_latency_p99_ms"]
+
+
+def test_query_gallery_recall_keeps_identical_gallery_rows() -> None:
+    gallery = clustered_unit_vectors(400, 16, clusters=10, seed=1)
+    # The queries are copies of gallery rows, which must count as results.
+    queries = gallery[:30].copy()
+    exact = exact_search(queries, gallery, 10)[1]
+
+    recall = recall_against_exact(build_index(gallery, "Flat"), queries, exact, gallery)
+
+    assert recall == 1.0

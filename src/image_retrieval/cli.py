@@ -101,3 +101,42 @@ def preset(name: str, params_file: Path) -> None:
     except ParamsError as error:
         raise click.ClickException(str(error)) from None
     click.echo(" ".join(arguments))
+
+
+@main.command(name="index")
+@click.argument("catalog_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--model-dir", default=Path("models/finetuned"), show_default=True,
+    type=click.Path(file_okay=False, path_type=Path), help="Saved embedder that embeds the catalog.",
+)
+@click.option(
+    "--output", "output_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+    help="Index directory to write (index.faiss and metadata.json); query it with `search --index-dir`.",
+)
+@click.option(
+    "--params-file", default=Path("params.yaml"), show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Reads the index and embed sections (factory, search parameters, batch size) from this file.",
+)
+def index_command(catalog_dir: Path, model_dir: Path, output_dir: Path, params_file: Path) -> None:
+    """Embed every image under CATALOG_DIR and build a searchable index of them."""
+    from image_retrieval.catalog import index_catalog
+    from image_retrieval.config import EmbedConfig, IndexConfig, ParamsError, load_params
+    from image_retrieval.data.images import ImageError
+
+    try:
+        # Outside a project, without params.yaml, the defaults apply.
+        use_params = params_file.is_file()
+        metadata = index_catalog(
+            catalog_dir,
+            model_dir,
+            output_dir,
+            index_config=load_params("index", params_file) if use_params else IndexConfig(),
+            embed_config=load_params("embed", params_file) if use_params else EmbedConfig(),
+        )
+    except (ImageError, ParamsError, FileNotFoundError, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    console.print(
+        f"Indexed {metadata.num_vectors} images from {catalog_dir} into {output_dir} "
+        f"({metadata.factory}, {metadata.dimension} dimensions)"
+    )

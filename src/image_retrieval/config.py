@@ -62,6 +62,16 @@ class DataConfig:
     sop: SopDataConfig = field(default_factory=SopDataConfig)
     folder: FolderDataConfig = field(default_factory=FolderDataConfig)
     jsonl: JsonlDataConfig = field(default_factory=JsonlDataConfig)
+    # The images the index holds. "test": the test split, each test image a query
+    # against all the others. Otherwise a folder (or .zip, or http(s) URL of a .zip)
+    # of catalog images in <class>/<image> folders: the test images are the queries,
+    # scored against the catalog only, and a catalog class matches the test class
+    # of the same name.
+    gallery: str = "test"
+
+    def __post_init__(self) -> None:
+        if not self.gallery.strip():
+            raise ParamsError('data.gallery is empty; set it to "test" or to a folder of catalog images')
 
 
 @dataclass

@@ -29,33 +29,50 @@ from image_retrieval.plots import plot_example_queries, plot_recall_curves
 logger = logging.getLogger(__name__)
 
 MODELS = ("base", "finetuned")
-PROTOCOL = "leave-one-out on the test split, exact inner-product search"
+LEAVE_ONE_OUT_PROTOCOL = "leave-one-out on the test split, exact inner-product search"
+QUERY_GALLERY_PROTOCOL = "test split queries against the catalog gallery, exact inner-product search"
+# Subfolder of a model's embeddings directory that holds the catalog's embeddings.
+GALLERY_SUBDIR = "gallery"
 # K values of the Recall@K curve, on top of the headline evaluate.recall_at.
 CURVE_KS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
 
 
-def _load_model_embeddings(embeddings_root: Path) -> dict[str, StoredEmbeddings]:
+def _load_model_embeddings(embeddings_root: Path, subdir: str = "") -> dict[str, StoredEmbeddings]:
     """Load every model's embeddings and check that all of them list the same images in the same order."""
-    stored = {name: load_embeddings(embeddings_root / name) for name in MODELS}
+    directories = {name: embeddings_root / name / subdir for name in MODELS}
+    stored = {name: load_embeddings(directory) for name, directory in directories.items()}
     reference_ids = stored[MODELS[0]].rows["image_id"]
     for name, model_embeddings in stored.items():
         if not model_embeddings.rows["image_id"].equals(reference_ids):
             raise ValueError(
-                f"{embeddings_root / name} embeds other images, or in another order, than "
-                f"{embeddings_root / MODELS[0]}; run `dvc repro embed` so both embed the same test split"
+                f"{directories[name]} embeds other images, or in another order, than "
+                f"{directories[MODELS[0]]}; run `dvc repro embed` so both models embed the same images"
             )
     return stored
 
 
-def _test_rows(rows: pl.DataFrame, test_table_path: Path) -> pl.DataFrame:
-    """Add label_name and super_label from the prepared test table to the embedded rows, keeping their order."""
-    test_table = pl.read_parquet(test_table_path).select("image_id", "label_name", "super_label")
-    joined = rows.join(test_table, on="image_id", how="left", maintain_order="left")
+def load_galleries(embeddings_root: Path) -> dict[str, StoredEmbeddings] | None:
+    """Load each model's catalog embeddings, or return None when the test split is its own gallery."""
+    present = [(embeddings_root / name / GALLERY_SUBDIR).is_dir() for name in MODELS]
+    if not any(present):
+        return None
+    if not all(present):
+        raise ValueError(
+            f"only some models have catalog embeddings under {embeddings_root}/<model>/{GALLERY_SUBDIR}; "
+            "run `dvc repro embed` so every model embeds the same gallery"
+        )
+    return _load_model_embeddings(embeddings_root, GALLERY_SUBDIR)
+
+
+def _with_table_columns(rows: pl.DataFrame, table_path: Path) -> pl.DataFrame:
+    """Add label_name and super_label from a prepared table to the embedded rows, keeping their order."""
+    table = pl.read_parquet(table_path).select("image_id", "label_name", "super_label")
+    joined = rows.join(table, on="image_id", how="left", maintain_order="left")
     missing = joined.filter(pl.col("label_name").is_null())["image_id"]
     if len(missing):
         raise ValueError(
-            f"{len(missing)} embedded images are not in {test_table_path} (first: {missing[0]}); "
-            "run `dvc repro embed` so the embeddings match the prepared test split"
+            f"{len(missing)} embedded images are not in {table_path} (first: {missing[0]}); "
+            "run `dvc repro embed` so the embeddings match the prepared tables"
         )
     return joined
 
@@ -78,6 +95,8 @@ def _metrics_by_super_class(results: PerQueryResults, super_labels: np.ndarray, 
 def _worst_queries_table(
     rows: pl.DataFrame,
     embeddings: np.ndarray,
+    gallery_rows: pl.DataFrame,
+    gallery_embeddings: np.ndarray,
     results: PerQueryResults,
     neighbors: np.ndarray,
     base_results: PerQueryResults,
@@ -93,9 +112,9 @@ def _worst_queries_table(
         first_relevant_rank=pl.Series(results.first_relevant_ranks),
         base_first_relevant_rank=pl.Series(base_results.first_relevant_ranks),
         average_precision_at_r=pl.Series(results.average_precision_at_r),
-        top1_path=pl.Series(rows["path"].to_numpy()[top_rows]),
-        top1_label_name=pl.Series(rows["label_name"].to_numpy()[top_rows]),
-        top1_score=pl.Series(np.einsum("nd,nd->n", embeddings, embeddings[top_rows])),
+        top1_path=pl.Series(gallery_rows["path"].to_numpy()[top_rows]),
+        top1_label_name=pl.Series(gallery_rows["label_name"].to_numpy()[top_rows]),
+        top1_score=pl.Series(np.einsum("nd,nd->n", embeddings, gallery_embeddings[top_rows])),
     )
     # A query whose first hit lies beyond the searched neighbours sorts as the latest.
     never_found = neighbors.shape[1] + 1
@@ -115,40 +134,55 @@ def _worst_queries_table(
 def evaluate_models(
     embeddings_root: Path,
     index_root: Path,
-    test_table_path: Path,
+    prepared_dir: Path,
     config: EvaluateConfig,
     metrics_dir: Path,
     plots_dir: Path,
 ) -> dict:
     """Evaluate every model in MODELS and write the metrics, the per-super-class results, the worst queries and plots.
 
+    The test split's embeddings are the queries. When `<model>/gallery/`
+    embeddings exist (data.gallery names a catalog), each query is scored
+    against the catalog only; otherwise against the rest of the test split.
     Writes, in `metrics_dir`: evaluate.json (headline metrics and index
     measurements per model), evaluate_by_super_class.json and worst_queries.csv;
     in `plots_dir`: recall_at_k.json, recall_at_k.png and example_queries.png.
     """
     stored = _load_model_embeddings(embeddings_root)
-    rows = _test_rows(stored[MODELS[0]].rows, test_table_path)
+    galleries = load_galleries(embeddings_root)
+    leave_one_out = galleries is None
+    rows = _with_table_columns(stored[MODELS[0]].rows, prepared_dir / "test.parquet")
+    gallery_rows = rows if leave_one_out else _with_table_columns(
+        galleries[MODELS[0]].rows, prepared_dir / "gallery.parquet"
+    )
     labels = rows["label"].to_numpy()
+    gallery_labels = gallery_rows["label"].to_numpy()
     super_labels = rows["super_label"].to_numpy()
     requested_ks = sorted(set(config.recall_at) | set(CURVE_KS))
 
     results, curves, neighbors_by_model, per_query_by_model, by_super_class = {}, {}, {}, {}, {}
     for name, model_embeddings in stored.items():
+        queries = model_embeddings.embeddings
+        gallery = None if leave_one_out else galleries[name]
         metrics, neighbors = evaluate_retrieval(
-            model_embeddings.embeddings,
+            queries,
             labels,
+            None if gallery is None else gallery.embeddings,
+            None if gallery is None else gallery_labels,
             recall_at=requested_ks,
             chunk_size=config.chunk_size,
             return_neighbors=True,
         )
+        indexed = model_embeddings if gallery is None else gallery
         index, metadata = load_index(
             index_root / name,
-            expected_fingerprint=model_embeddings.info["model_fingerprint"],
-            expected_dimension=model_embeddings.info["dimension"],
+            expected_fingerprint=indexed.info["model_fingerprint"],
+            expected_dimension=indexed.info["dimension"],
         )
-        if metadata.row_ids != model_embeddings.rows["image_id"].to_list():
+        if metadata.row_ids != indexed.rows["image_id"].to_list():
             raise ValueError(
-                f"{index_root / name} indexes other images than {embeddings_root / name}; run `dvc repro index`"
+                f"{index_root / name} indexes other images than the gallery embeddings of {name}; "
+                "run `dvc repro index`"
             )
 
         headline = {f"recall@{k}": value for k, value in metrics.recall_at_k.items() if k in config.recall_at}
@@ -162,14 +196,15 @@ def evaluate_models(
                 index,
                 metadata,
                 index_root / name,
-                model_embeddings.embeddings,
+                queries,
                 neighbors,
+                None if gallery is None else gallery.embeddings,
                 latency_queries=config.latency_queries,
             ),
         }
         curves[name] = metrics.recall_at_k
         neighbors_by_model[name] = neighbors
-        per_query = per_query_results(neighbors, labels, labels, leave_one_out=True)
+        per_query = per_query_results(neighbors, labels, gallery_labels, leave_one_out=leave_one_out)
         per_query_by_model[name] = per_query
         # Folders without super-class directories, JSONL files and the demo have none.
         if rows["super_label"].null_count() == 0:
@@ -181,15 +216,19 @@ def evaluate_models(
 
     metric_names = [key for key in results[MODELS[0]] if key.startswith("recall@")] + ["map@r", "r_precision"]
     payload = {
-        "protocol": PROTOCOL,
+        "protocol": LEAVE_ONE_OUT_PROTOCOL if leave_one_out else QUERY_GALLERY_PROTOCOL,
         **results,
         "difference": {key: results["finetuned"][key] - results["base"][key] for key in metric_names},
     }
     write_json(metrics_dir / "evaluate.json", payload)
     write_json(metrics_dir / "evaluate_by_super_class.json", by_super_class)
+
+    finetuned_gallery = stored["finetuned"] if leave_one_out else galleries["finetuned"]
     worst = _worst_queries_table(
         rows,
         stored["finetuned"].embeddings,
+        gallery_rows,
+        finetuned_gallery.embeddings,
         per_query_by_model["finetuned"],
         neighbors_by_model["finetuned"],
         per_query_by_model["base"],
@@ -198,13 +237,18 @@ def evaluate_models(
     with atomic_path(metrics_dir / "worst_queries.csv") as temporary:
         worst.write_csv(temporary)
 
-    _write_plots(stored, rows, curves, neighbors_by_model, config, plots_dir)
+    gallery_embeddings = {
+        name: (stored[name] if leave_one_out else galleries[name]).embeddings for name in MODELS
+    }
+    _write_plots(stored, gallery_embeddings, rows, gallery_rows, curves, neighbors_by_model, config, plots_dir)
     return payload
 
 
 def _write_plots(
     stored: dict[str, StoredEmbeddings],
+    gallery_embeddings: dict[str, np.ndarray],
     rows: pl.DataFrame,
+    gallery_rows: pl.DataFrame,
     curves: dict[str, dict[int, float]],
     neighbors_by_model: dict[str, np.ndarray],
     config: EvaluateConfig,
@@ -218,23 +262,22 @@ def _write_plots(
     )
     plot_recall_curves(curves, plots_dir / "recall_at_k.png")
 
-    labels = rows["label"].to_numpy()
     rng = np.random.default_rng(0)
-    num_examples = min(config.example_queries, len(labels))
-    query_rows = np.sort(rng.choice(len(labels), size=num_examples, replace=False))
+    num_examples = min(config.example_queries, len(rows))
+    query_rows = np.sort(rng.choice(len(rows), size=num_examples, replace=False))
     top_k = min(config.example_top_k, neighbors_by_model[MODELS[0]].shape[1])
     example_results = {name: neighbors_by_model[name][query_rows, :top_k] for name in MODELS}
     example_scores = {
         name: np.einsum(
-            "qd,qkd->qk", stored[name].embeddings[query_rows], stored[name].embeddings[example_results[name]]
+            "qd,qkd->qk", stored[name].embeddings[query_rows], gallery_embeddings[name][example_results[name]]
         )
         for name in MODELS
     }
     plot_example_queries(
-        query_rows.tolist(),
+        [(rows["path"][int(row)], int(rows["label"][int(row)])) for row in query_rows],
         example_results,
         example_scores,
-        rows["path"].to_list(),
-        labels,
+        gallery_rows["path"].to_list(),
+        gallery_rows["label"].to_numpy(),
         plots_dir / "example_queries.png",
     )

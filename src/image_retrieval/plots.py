@@ -36,35 +36,36 @@ def plot_recall_curves(curves: dict[str, dict[int, float]], output_path: Path) -
 
 
 def plot_example_queries(
-    query_rows: Sequence[int],
+    queries: Sequence[tuple[str, int]],
     results_by_model: dict[str, np.ndarray],
     scores_by_model: dict[str, np.ndarray],
-    paths: Sequence[str],
-    labels: np.ndarray,
+    gallery_paths: Sequence[str],
+    gallery_labels: np.ndarray,
     output_path: Path,
 ) -> None:
     """Draw each query beside its top results for every model, marked right (green) or wrong (red) by label.
 
-    `results_by_model` maps a model name to gallery row indices [num_queries, top_k],
-    one row per entry of `query_rows`, and `scores_by_model` to their inner products.
+    `queries` lists (image path, label) per query. `results_by_model` maps a
+    model name to gallery row indices [num_queries, top_k], one row per query,
+    and `scores_by_model` to their inner products.
     """
     top_k = next(iter(results_by_model.values())).shape[1]
-    num_rows = len(query_rows) * len(results_by_model)
+    num_rows = len(queries) * len(results_by_model)
     figure, axes_grid = plt.subplots(
         num_rows, top_k + 1, figsize=(1.4 * (top_k + 1), 1.5 * num_rows), dpi=100, squeeze=False
     )
 
     grid_row = 0
-    for query_position, query_row in enumerate(query_rows):
+    for query_position, (query_path, query_label) in enumerate(queries):
         for model_name, results in results_by_model.items():
             axes = axes_grid[grid_row]
-            _draw_tile(axes[0], paths[query_row], f"query\n({model_name})", "black")
+            _draw_tile(axes[0], query_path, f"query\n({model_name})", "black")
             scores = scores_by_model[model_name][query_position]
             for rank, gallery_row in enumerate(results[query_position], start=1):
-                correct = labels[gallery_row] == labels[query_row]
+                correct = gallery_labels[gallery_row] == query_label
                 colour = CORRECT_COLOUR if correct else WRONG_COLOUR
                 mark = "right" if correct else "wrong"
-                _draw_tile(axes[rank], paths[gallery_row], f"#{rank} {scores[rank - 1]:.3f}\n{mark}", colour)
+                _draw_tile(axes[rank], gallery_paths[gallery_row], f"#{rank} {scores[rank - 1]:.3f}\n{mark}", colour)
             grid_row += 1
 
     figure.suptitle("Example queries: green = same class as the query, red = other class")

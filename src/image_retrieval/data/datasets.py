@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 JSONL_FILE = "pairs.jsonl"
 JSONL_IMAGES = "images"
+# data.gallery's value for "the test split", and the folder of a fetched catalog under data/raw.
+TEST_GALLERY = "test"
+GALLERY_DIR = "gallery"
 
 
 def fetch_raw_dataset(data: DataConfig, raw_dir: Path) -> Path:
@@ -63,3 +66,27 @@ def read_dataset(data: DataConfig, raw_dir: Path) -> pl.DataFrame:
     from image_retrieval.data.jsonl import read_jsonl
 
     return read_jsonl(root / JSONL_FILE, image_root=root / JSONL_IMAGES)
+
+
+def fetch_gallery(data: DataConfig, raw_dir: Path) -> Path | None:
+    """Copy, extract or download the catalog named by `data.gallery` into `raw_dir / GALLERY_DIR`.
+
+    Returns None when the gallery is the test split, which needs no fetch.
+    """
+    if data.gallery == TEST_GALLERY:
+        return None
+    return fetch_dataset(data.gallery, raw_dir / GALLERY_DIR)
+
+
+def read_gallery(data: DataConfig, raw_dir: Path) -> pl.DataFrame | None:
+    """Read the fetched catalog into the common image table, or return None when the gallery is the test split.
+
+    Image ids start with "gallery/", so they never collide with the dataset's ids.
+    """
+    if data.gallery == TEST_GALLERY:
+        return None
+    from image_retrieval.data.folder import read_folder
+
+    return read_folder(raw_dir / GALLERY_DIR, layout="flat").with_columns(
+        image_id=pl.lit(f"{GALLERY_DIR}/") + pl.col("image_id")
+    )

@@ -21,6 +21,8 @@ from image_retrieval.io import atomic_path
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+# The split value and file name of catalog images (data.gallery), which no split of the dataset contains.
+GALLERY_SPLIT = "gallery"
 CACHE_DIR = "cache"
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 # by_image needs this many images of every class in every split, so that every
@@ -250,8 +252,32 @@ def _split_by_class(table: pl.DataFrame, config: PrepareConfig) -> dict[str, str
     ))
 
 
+def label_gallery(gallery_table: pl.DataFrame, dataset_table: pl.DataFrame) -> pl.DataFrame:
+    """Give each catalog image the dataset's label of its class name; new class names get new labels.
+
+    A catalog class without a namesake in the dataset has no query, so it only
+    adds distractors. Its label is above every dataset label.
+    """
+    known = dataset_table.select("label_name", "label").unique("label_name")
+    next_label = int(dataset_table.get_column("label").max()) + 1
+    new_names = sorted(set(gallery_table.get_column("label_name")) - set(known.get_column("label_name")))
+    new = pl.DataFrame(
+        {"label_name": new_names, "label": list(range(next_label, next_label + len(new_names)))},
+        schema={"label_name": pl.String, "label": pl.Int64},
+    )
+    labels = pl.concat([known, new])
+    return gallery_table.drop("label").join(labels, on="label_name", how="left").with_columns(
+        split=pl.lit(GALLERY_SPLIT, dtype=pl.String)
+    ).select(gallery_table.columns)
+
+
 def prepare_dataset(
-    table: pl.DataFrame, config: PrepareConfig, output_dir: Path, *, source_hint: str | None = None
+    table: pl.DataFrame,
+    config: PrepareConfig,
+    output_dir: Path,
+    *,
+    source_hint: str | None = None,
+    gallery_table: pl.DataFrame | None = None,
 ) -> dict:
     """Split the image table, check every image, cache large ones and write the splits.
 
@@ -264,9 +290,13 @@ def prepare_dataset(
     (images, classes, and the min, median and max images per class) and the
     count of excluded images. `source_hint` names where the images came from
     (such as "data.demo.source='data/demo'"), so that an error about a fetched
-    copy names the original to fix.
+    copy names the original to fix. `gallery_table`, a catalog read by
+    `datasets.read_gallery`, is labelled by class name (see `label_gallery`),
+    checked and cached with the dataset and written to gallery.parquet.
     """
     table = assign_splits(table, config)
+    if gallery_table is not None:
+        table = pl.concat([table, label_gallery(gallery_table, table)])
     output_dir = Path(output_dir)
 
     logger.info("Checking %d images", table.height)
@@ -315,6 +345,16 @@ def prepare_dataset(
             logger.info(
                 "Wrote %d %s images of %d classes", metrics[split]["images"], split, metrics[split]["classes"]
             )
+        if gallery_table is not None:
+            gallery = table.filter(pl.col("split") == GALLERY_SPLIT).sort("image_id")
+            if gallery.height == 0:
+                raise PrepareError("the gallery is empty after excluding unreadable images")
+            gallery.write_parquet(temporary / f"{GALLERY_SPLIT}.parquet")
+            test_names = table.filter(pl.col("split") == "test").get_column("label_name").unique()
+            metrics[GALLERY_SPLIT] = {
+                **_split_metrics(gallery),
+                "classes_in_test": int(gallery.get_column("label_name").unique().is_in(test_names).sum()),
+            }
     metrics["excluded_images"] = len(failed)
     metrics["cached_images"] = int(table.get_column("cache_path").is_not_null().sum())
     return metrics

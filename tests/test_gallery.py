@@ -1,0 +1,92 @@
+"""A catalog gallery: fetched beside the dataset, labelled by class name, checked and written by prepare."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+from PIL import Image
+
+from image_retrieval.config import DataConfig, ParamsError, PrepareConfig
+from image_retrieval.data.datasets import GALLERY_DIR, fetch_gallery, read_gallery
+from image_retrieval.data.images import ImageError
+from image_retrieval.data.prepare import label_gallery, prepare_dataset, scan_image_folder
+
+
+def write_images(root: Path, images_per_class: dict[str, int], shade: int = 0) -> Path:
+    for class_index, (class_name, count) in enumerate(images_per_class.items()):
+        (root / class_name).mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            Image.new("L", (8, 8), (shade + class_index * 30 + index) % 256).save(root / class_name / f"{index}.png")
+    return root
+
+
+def test_gallery_test_needs_no_fetch(tmp_path: Path) -> None:
+    data = DataConfig()
+
+    assert fetch_gallery(data, tmp_path) is None
+    assert read_gallery(data, tmp_path) is None
+
+
+def test_gallery_folder_fetched_and_read(tmp_path: Path) -> None:
+    catalog = write_images(tmp_path / "catalog", {"boot": 2, "bag": 3})
+    data = DataConfig(gallery=str(catalog))
+
+    fetch_gallery(data, tmp_path / "raw")
+    table = read_gallery(data, tmp_path / "raw")
+
+    assert (tmp_path / "raw" / GALLERY_DIR / "bag" / "0.png").is_file()
+    assert table.height == 5
+    assert table["image_id"].str.starts_with(f"{GALLERY_DIR}/").all()
+
+
+def test_empty_gallery_param_rejected() -> None:
+    with pytest.raises(ParamsError, match="data.gallery is empty"):
+        DataConfig(gallery=" ")
+
+
+def test_label_gallery_matches_class_names(tmp_path: Path) -> None:
+    dataset = scan_image_folder(write_images(tmp_path / "dataset", {"bag": 2, "boot": 2, "coat": 2}))
+    gallery = read_gallery(DataConfig(gallery="catalog"), write_images(tmp_path / "raw" / GALLERY_DIR, {
+        "boot": 1, "hat": 1, "bag": 1,
+    }).parent)
+
+    labelled = label_gallery(gallery, dataset)
+
+    labels = dict(zip(labelled["label_name"], labelled["label"]))
+    dataset_labels = dict(zip(dataset["label_name"], dataset["label"]))
+    assert labels["bag"] == dataset_labels["bag"]
+    assert labels["boot"] == dataset_labels["boot"]
+    # A class the dataset lacks gets a label of its own, above every dataset label.
+    assert labels["hat"] == max(dataset_labels.values()) + 1
+    assert labelled["split"].to_list() == ["gallery"] * 3
+    assert labelled.columns == gallery.columns
+
+
+def test_prepare_writes_gallery_table(tmp_path: Path) -> None:
+    dataset = scan_image_folder(write_images(tmp_path / "dataset", {"bag": 6, "boot": 6}))
+    catalog = write_images(tmp_path / "raw" / GALLERY_DIR, {"bag": 2, "boot": 1, "hat": 1}, shade=100)
+    gallery = read_gallery(DataConfig(gallery=str(catalog)), tmp_path / "raw")
+    config = PrepareConfig(split="by_image", val_fraction=0.34, test_fraction=0.34, cache_shorter_side=0)
+
+    metrics = prepare_dataset(dataset, config, tmp_path / "prepared", gallery_table=gallery)
+
+    written = pl.read_parquet(tmp_path / "prepared" / "gallery.parquet")
+    assert written.height == 4
+    assert metrics["gallery"]["images"] == 4
+    assert metrics["gallery"]["classes_in_test"] == 2
+    test_ids = set(pl.read_parquet(tmp_path / "prepared" / "test.parquet")["image_id"])
+    assert test_ids.isdisjoint(set(written["image_id"]))
+
+
+def test_corrupt_gallery_image_named(tmp_path: Path) -> None:
+    dataset = scan_image_folder(write_images(tmp_path / "dataset", {"bag": 6, "boot": 6}))
+    catalog = write_images(tmp_path / "raw" / GALLERY_DIR, {"bag": 2})
+    (catalog / "bag" / "1.png").write_bytes(b"not a png")
+    gallery = read_gallery(DataConfig(gallery=str(catalog)), tmp_path / "raw")
+    config = PrepareConfig(split="by_image", val_fraction=0.34, test_fraction=0.34, cache_shorter_side=0)
+
+    with pytest.raises(ImageError, match="bag/1.png"):
+        prepare_dataset(dataset, config, tmp_path / "prepared", gallery_table=gallery)
+    assert not (tmp_path / "prepared").exists()
