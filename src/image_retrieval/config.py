@@ -306,6 +306,33 @@ class TrainConfig:
 @dataclass
 class EmbedConfig:
     batch_size: int = 128
+    # DataLoader worker processes that decode and resize images; 0 decodes in the embedding process.
+    num_workers: int = 0
+    # auto: bf16 autocast on CUDA, fp32 elsewhere, as train.precision.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # float16 halves the size of embeddings.npy; readers still get float32.
+    storage_dtype: Literal["float32", "float16"] = "float32"
+    # The command that runs stages/embed.py: "python" for one process, or a
+    # launcher such as "accelerate launch --multi_gpu --num_processes 4", whose
+    # processes each embed a shard of the images.
+    launcher: str = "python"
+
+    def __post_init__(self) -> None:
+        if self.batch_size <= 0:
+            raise ParamsError(f"embed.batch_size={self.batch_size} must be positive, for example 128")
+        if self.num_workers < 0:
+            raise ParamsError(
+                f"embed.num_workers={self.num_workers} is invalid; use 0 to decode in the embedding process "
+                "or a positive number of worker processes"
+            )
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ParamsError(f"embed.precision={self.precision!r} is invalid; expected one of: auto, fp32, bf16")
+        if self.storage_dtype not in ("float32", "float16"):
+            raise ParamsError(
+                f"embed.storage_dtype={self.storage_dtype!r} is invalid; expected one of: float32, float16"
+            )
+        if not self.launcher.strip():
+            raise ParamsError('embed.launcher is empty; set it to "python" or an "accelerate launch ..." command')
 
 
 @dataclass

@@ -184,15 +184,78 @@ class ImageDataset(torch.utils.data.Dataset):
         return pixels, self.labels[index]
 
 
+def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
+    """Return the autocast dtype for `precision` on `device`: bfloat16, or None for plain fp32.
+
+    "auto" means bf16 on CUDA and fp32 elsewhere, as for `train.precision`.
+    """
+    if precision == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp32":
+        return None
+    raise ValueError(f"precision={precision!r} is invalid; expected one of: auto, fp32, bf16")
+
+
 @torch.inference_mode()
-def embed_tensors(embedder: Embedder, loader: torch.utils.data.DataLoader, device: torch.device, progress=None) -> np.ndarray:
-    """Run the embedder over a loader of pixel batches: float32 [N, embedding_dim]."""
+def embed_batch(
+    embedder: Embedder, pixels: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Embed one batch of pixels on `device`: unit vectors, float32 [B, embedding_dim], left on `device`.
+
+    With an autocast `dtype`, the rows are normalised again in float32, so that
+    they have unit norm to float32 precision whatever precision the model ran in.
+    """
+    pixels = pixels.to(device, non_blocking=True)
+    if dtype is None:
+        return embedder(pixels).float()
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        embeddings = embedder(pixels)
+    return F.normalize(embeddings.float(), dim=-1)
+
+
+def embedding_loader(
+    dataset: torch.utils.data.Dataset, *, batch_size: int, num_workers: int, device: torch.device
+) -> torch.utils.data.DataLoader:
+    """Build the DataLoader for embedding: dataset order, no shuffle, pinned memory on CUDA."""
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        shuffle=False,
+        pin_memory=device.type == "cuda",
+    )
+
+
+def embedding_progress():
+    """Return a transient rich progress bar with a count of images and the time remaining."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    return Progress(*columns, transient=True)
+
+
+@torch.inference_mode()
+def embed_tensors(
+    embedder: Embedder,
+    loader: torch.utils.data.DataLoader,
+    device: torch.device,
+    progress=None,
+    precision: str = "fp32",
+) -> np.ndarray:
+    """Run the embedder over a loader of pixel batches: float32 [N, embedding_dim].
+
+    `precision` is "fp32", "bf16" or "auto" (bf16 autocast on CUDA only).
+    """
     embedder.eval()
+    device = torch.device(device)
+    dtype = autocast_dtype(precision, device)
     batches = []
     task = None if progress is None else progress.add_task("embedding", total=len(loader.dataset))
     for batch in loader:
         pixels = batch[0] if isinstance(batch, (list, tuple)) else batch
-        batches.append(embedder(pixels.to(device)).float().cpu().numpy())
+        batches.append(embed_batch(embedder, pixels, device, dtype).cpu().numpy())
         if progress is not None:
             progress.advance(task, len(pixels))
     if not batches:
@@ -207,23 +270,22 @@ def embed_paths(
     batch_size: int = 128,
     num_workers: int = 0,
     device: torch.device | str = "cpu",
+    precision: str = "fp32",
     show_progress: bool = True,
 ) -> np.ndarray:
-    """Embed image files: L2-normalised float32 [len(paths), embedding_dim], in the order given.
+    """Embed image files in one process: L2-normalised float32 [len(paths), embedding_dim], in the order given.
 
-    The embed stage and the search command both call it, so a query is
-    preprocessed exactly like the gallery. Training validates through
-    `embed_tensors` with the same `ImageDataset` preprocessing.
+    `num_workers` DataLoader processes decode and resize the images (0 decodes
+    in this process). The search command embeds a query with it. The embed
+    stage embeds the gallery through the same `ImageDataset` and `embed_batch`,
+    so both are preprocessed alike. Training validates through `embed_tensors`.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
     device = torch.device(device)
     embedder.to(device)
     dataset = ImageDataset(paths, embedder.preprocessing)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    loader = embedding_loader(dataset, batch_size=batch_size, num_workers=num_workers, device=device)
 
     if not show_progress:
-        return embed_tensors(embedder, loader, device)
-    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=True) as progress:
-        return embed_tensors(embedder, loader, device, progress)
+        return embed_tensors(embedder, loader, device, precision=precision)
+    with embedding_progress() as progress:
+        return embed_tensors(embedder, loader, device, progress, precision=precision)

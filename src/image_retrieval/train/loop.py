@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 
 from image_retrieval.config import TrainConfig
 from image_retrieval.data.prepare import image_source_paths
+from image_retrieval.distributed import check_process_count
 from image_retrieval.metrics import evaluate_retrieval
 from image_retrieval.model.embedder import Embedder, ImageDataset, embed_tensors
 from image_retrieval.train.finetune import parameter_groups, prepare_backbone
@@ -139,20 +139,6 @@ def _val_recall_at_1(accelerator: Accelerator, embedder: Embedder, loader, label
     return result[0]
 
 
-def _check_process_count(accelerator: Accelerator) -> None:
-    """Refuse to train when a launcher started several processes that accelerate treats as independent.
-
-    Each would otherwise train alone on the full data and overwrite the
-    others' outputs.
-    """
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched != accelerator.num_processes:
-        raise ValueError(
-            f"the launcher started {launched} processes (WORLD_SIZE={launched}) but accelerate sees "
-            f"{accelerator.num_processes}; on CPU set ACCELERATE_USE_CPU=1, on GPUs check train.launcher"
-        )
-
-
 def train_embedder(
     base_model_dir: Path,
     train_table: pl.DataFrame,
@@ -174,7 +160,7 @@ def train_embedder(
     started = time.perf_counter()
     set_seed(config.seed)
     accelerator = Accelerator(mixed_precision=_mixed_precision(config.precision))
-    _check_process_count(accelerator)
+    check_process_count(accelerator, "train.launcher")
     device = accelerator.device
 
     embedder = Embedder.from_pretrained(base_model_dir)
