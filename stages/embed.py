@@ -1,4 +1,5 @@
-"""Embed stage: `python stages/embed.py {base|finetuned}` embeds the test split with models/<name>.
+"""Embed stage: `python stages/embed.py {base|finetuned}` embeds the test split, and the catalog gallery
+if there is one, with models/<name>.
 
 Under a multi-process launcher (embed.launcher) each process embeds a shard,
 and only the main process writes data/embeddings/<name> and metrics/embed/<name>.json.
@@ -12,7 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from image_retrieval.config import load_params
-from image_retrieval.embed import embed_table, throughput_metrics
+from image_retrieval.embed import GALLERY_SUBDIR, embed_table, throughput_metrics
 from image_retrieval.io import write_json
 from image_retrieval.stage import run_stage
 
@@ -27,14 +28,21 @@ def main() -> None:
     # Launchers set RANK, and only the main process (rank 0) logs at info level.
     if int(os.environ.get("RANK", "0")) != 0:
         logging.getLogger("image_retrieval").setLevel(logging.WARNING)
-    info = embed_table(
-        Path("models") / model,
-        pl.read_parquet("data/prepared/test.parquet"),
-        Path("data/embeddings") / model,
-        config,
-    )
+    model_dir, output_dir = Path("models") / model, Path("data/embeddings") / model
+    info = embed_table(model_dir, pl.read_parquet("data/prepared/test.parquet"), output_dir, config)
+
+    # With data.gallery set to a catalog, prepare wrote data/gallery/gallery.parquet,
+    # and the catalog's embeddings go into a subfolder of the test split's.
+    gallery_table = Path("data/gallery/gallery.parquet")
+    gallery_info = None
+    if gallery_table.is_file():
+        gallery_info = embed_table(model_dir, pl.read_parquet(gallery_table), output_dir / GALLERY_SUBDIR, config)
+
     if info is not None:
-        write_json(Path("metrics/embed") / f"{model}.json", throughput_metrics(info))
+        metrics = throughput_metrics(info)
+        if gallery_info is not None:
+            metrics["gallery"] = throughput_metrics(gallery_info)
+        write_json(Path("metrics/embed") / f"{model}.json", metrics)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ def main() -> None:
         Path("data/embeddings"),
         Path("data/index"),
         Path("data/prepared"),
+        Path("data/gallery"),
         load_params("evaluate"),
         Path("metrics"),
         Path("metrics/plots"),

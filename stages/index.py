@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 from image_retrieval.config import load_params
-from image_retrieval.evaluate import GALLERY_SUBDIR
+from image_retrieval.embed import GALLERY_SUBDIR
 from image_retrieval.index import index_embeddings
 from image_retrieval.stage import run_stage
 

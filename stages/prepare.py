@@ -1,12 +1,18 @@
-"""Prepare stage: index, split and check the raw images into data/prepared/{train,val,test}.parquet."""
+"""Prepare stage: split and check the raw images into data/prepared/{train,val,test}.parquet,
+and the catalog named by data.gallery, if any, into data/gallery/."""
 
 from pathlib import Path
 
+import polars as pl
+
 from image_retrieval.config import load_params
 from image_retrieval.data.datasets import read_dataset, read_gallery
-from image_retrieval.data.prepare import prepare_dataset
+from image_retrieval.data.prepare import prepare_dataset, prepare_gallery
 from image_retrieval.io import write_json
 from image_retrieval.stage import run_stage
+
+PREPARED_DIR = Path("data/prepared")
+GALLERY_DIR = Path("data/gallery")
 
 
 def main() -> None:
@@ -14,14 +20,17 @@ def main() -> None:
     data = load_params("data")
     table = read_dataset(data, Path("data/raw"))
     source = getattr(data, data.dataset).source
-    metrics = prepare_dataset(
-        table,
+    metrics = prepare_dataset(table, config, PREPARED_DIR, source_hint=f"data.{data.dataset}.source={source!r}")
+
+    gallery_metrics = prepare_gallery(
+        read_gallery(data, Path("data/raw")),
+        pl.read_parquet(PREPARED_DIR / "test.parquet"),
         config,
-        Path("data/prepared"),
-        source_hint=f"data.{data.dataset}.source={source!r}"
-        + ("" if data.gallery == "test" else f" or data.gallery={data.gallery!r}"),
-        gallery_table=read_gallery(data, Path("data/raw")),
+        GALLERY_DIR,
+        source_hint=f"data.gallery={data.gallery!r}",
     )
+    if gallery_metrics:
+        metrics["gallery"] = gallery_metrics
     write_json("metrics/prepare.json", metrics)
 
 

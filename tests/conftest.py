@@ -11,12 +11,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_IMAGES = REPO_ROOT / "data" / "demo" / "images"
 
 
-def copy_demo_subset(destination: Path, num_classes: int, images_per_class: int) -> Path:
-    """Copy the first images of the first classes of the demo set into destination/<class>/."""
+def copy_demo_subset(destination: Path, num_classes: int, images_per_class: int, skip: int = 0) -> Path:
+    """Copy images of the first classes of the demo set into destination/<class>/, skipping the first `skip` of each."""
     for class_dir in sorted(DEMO_IMAGES.iterdir())[:num_classes]:
         target = destination / class_dir.name
         target.mkdir(parents=True)
-        for image in sorted(class_dir.iterdir())[:images_per_class]:
+        for image in sorted(class_dir.iterdir())[skip : skip + images_per_class]:
             shutil.copy2(image, target / image.name)
     return destination
 

@@ -11,7 +11,7 @@ from PIL import Image
 from image_retrieval.config import DataConfig, ParamsError, PrepareConfig
 from image_retrieval.data.datasets import GALLERY_DIR, fetch_gallery, read_gallery
 from image_retrieval.data.images import ImageError
-from image_retrieval.data.prepare import label_gallery, prepare_dataset, scan_image_folder
+from image_retrieval.data.prepare import label_gallery, prepare_dataset, prepare_gallery, scan_image_folder
 
 
 def write_images(root: Path, images_per_class: dict[str, int], shade: int = 0) -> Path:
@@ -64,29 +64,47 @@ def test_label_gallery_matches_class_names(tmp_path: Path) -> None:
     assert labelled.columns == gallery.columns
 
 
-def test_prepare_writes_gallery_table(tmp_path: Path) -> None:
+def prepared_test_table(tmp_path: Path) -> pl.DataFrame:
     dataset = scan_image_folder(write_images(tmp_path / "dataset", {"bag": 6, "boot": 6}))
+    config = PrepareConfig(split="by_image", val_fraction=0.34, test_fraction=0.34, cache_shorter_side=0)
+    prepare_dataset(dataset, config, tmp_path / "prepared")
+    return pl.read_parquet(tmp_path / "prepared" / "test.parquet")
+
+
+def test_prepare_gallery_writes_table(tmp_path: Path) -> None:
+    test_table = prepared_test_table(tmp_path)
     catalog = write_images(tmp_path / "raw" / GALLERY_DIR, {"bag": 2, "boot": 1, "hat": 1}, shade=100)
     gallery = read_gallery(DataConfig(gallery=str(catalog)), tmp_path / "raw")
-    config = PrepareConfig(split="by_image", val_fraction=0.34, test_fraction=0.34, cache_shorter_side=0)
 
-    metrics = prepare_dataset(dataset, config, tmp_path / "prepared", gallery_table=gallery)
+    metrics = prepare_gallery(gallery, test_table, PrepareConfig(), tmp_path / "gallery")
 
-    written = pl.read_parquet(tmp_path / "prepared" / "gallery.parquet")
+    written = pl.read_parquet(tmp_path / "gallery" / "gallery.parquet")
     assert written.height == 4
-    assert metrics["gallery"]["images"] == 4
-    assert metrics["gallery"]["classes_in_test"] == 2
-    test_ids = set(pl.read_parquet(tmp_path / "prepared" / "test.parquet")["image_id"])
-    assert test_ids.isdisjoint(set(written["image_id"]))
+    assert metrics["images"] == 4
+    assert metrics["classes_in_test"] == 2
+    assert set(test_table["image_id"]).isdisjoint(set(written["image_id"]))
+    bag_label = test_table.filter(pl.col("label_name") == "bag")["label"][0]
+    assert set(written.filter(pl.col("label_name") == "bag")["label"]) == {bag_label}
+
+
+def test_prepare_gallery_without_catalog_writes_marker(tmp_path: Path) -> None:
+    test_table = prepared_test_table(tmp_path)
+
+    metrics = prepare_gallery(None, test_table, PrepareConfig(), tmp_path / "gallery")
+
+    assert metrics == {}
+    assert (tmp_path / "gallery" / "gallery.json").is_file()
+    assert not (tmp_path / "gallery" / "gallery.parquet").exists()
 
 
 def test_corrupt_gallery_image_named(tmp_path: Path) -> None:
-    dataset = scan_image_folder(write_images(tmp_path / "dataset", {"bag": 6, "boot": 6}))
+    test_table = prepared_test_table(tmp_path)
     catalog = write_images(tmp_path / "raw" / GALLERY_DIR, {"bag": 2})
     (catalog / "bag" / "1.png").write_bytes(b"not a png")
     gallery = read_gallery(DataConfig(gallery=str(catalog)), tmp_path / "raw")
-    config = PrepareConfig(split="by_image", val_fraction=0.34, test_fraction=0.34, cache_shorter_side=0)
 
-    with pytest.raises(ImageError, match="bag/1.png"):
-        prepare_dataset(dataset, config, tmp_path / "prepared", gallery_table=gallery)
-    assert not (tmp_path / "prepared").exists()
+    with pytest.raises(ImageError, match="bag/1.png") as caught:
+        prepare_gallery(gallery, test_table, PrepareConfig(), tmp_path / "gallery", source_hint="data.gallery='shop'")
+
+    assert "gallery source (data.gallery='shop')" in str(caught.value)
+    assert not (tmp_path / "gallery").exists()

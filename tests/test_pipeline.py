@@ -115,6 +115,66 @@ def test_exp_run_reruns_only_train_onwards(pipeline_repo: Path) -> None:
     assert "final_train_loss" in experiments_json
 
 
+def test_exp_run_with_catalog_gallery(pipeline_repo: Path, tmp_path: Path) -> None:
+    # Three of the four test classes, with images the dataset does not contain.
+    catalog = copy_demo_subset(tmp_path / "catalog", num_classes=3, images_per_class=5, skip=20)
+    params_path = pipeline_repo / "params.yaml"
+    original = params_path.read_text()
+
+    try:
+        output = run(["dvc", "exp", "run", "-S", f"data.gallery={catalog}"], pipeline_repo)
+    finally:
+        # Later tests expect the test split as the gallery.
+        params_path.write_text(original)
+
+    for stage in ("fetch@data", "prepare", "embed@base", "embed@finetuned", "index@finetuned", "evaluate"):
+        assert f"Running stage '{stage}'" in output
+    assert "Running stage 'train'" not in output
+    results = json.loads((pipeline_repo / "metrics" / "evaluate.json").read_text())
+    assert results["protocol"].startswith("test split queries against the catalog")
+    # The queries of the class without catalog images have no relevant image.
+    assert results["finetuned"]["num_queries"] == 9
+    assert results["finetuned"]["num_excluded_queries"] == 3
+    index_metadata = json.loads((pipeline_repo / "data" / "index" / "finetuned" / "metadata.json").read_text())
+    assert index_metadata["num_vectors"] == 15
+    assert all(row_id.startswith("gallery/") for row_id in index_metadata["row_ids"])
+    worst_queries = (pipeline_repo / "metrics" / "worst_queries.csv").read_text()
+    assert "data/raw/gallery/" in worst_queries
+
+
+def test_index_command_builds_searchable_catalog(pipeline_repo: Path, tmp_path: Path) -> None:
+    catalog = copy_demo_subset(tmp_path / "shop", num_classes=2, images_per_class=3, skip=30)
+    query = next(catalog.glob("*/*.png"))
+
+    built = run(["image-retrieval", "index", str(catalog), "--output", str(tmp_path / "shop-index")], pipeline_repo)
+    found = run(
+        ["image-retrieval", "search", str(query), "--index-dir", str(tmp_path / "shop-index"), "--top-k", "2"],
+        pipeline_repo,
+        # Wide enough that rich does not wrap the long temporary paths.
+        {"COLUMNS": "300"},
+    )
+
+    assert "Indexed 6 images" in built
+    assert str(query) in found
+
+
+def test_index_command_lists_bad_catalog_images(pipeline_repo: Path, tmp_path: Path) -> None:
+    catalog = copy_demo_subset(tmp_path / "shop", num_classes=1, images_per_class=2, skip=30)
+    broken = next(catalog.glob("*/*.png"))
+    broken.write_bytes(b"truncated")
+    environment = dict(os.environ)
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"
+
+    completed = subprocess.run(
+        ["image-retrieval", "index", str(catalog), "--output", str(tmp_path / "shop-index")],
+        cwd=pipeline_repo, env=environment, capture_output=True, text=True, timeout=600,
+    )
+
+    assert completed.returncode != 0
+    assert broken.name in completed.stderr
+    assert not (tmp_path / "shop-index").exists()
+
+
 def test_exp_run_on_sop_archive(pipeline_repo: Path, tmp_path: Path) -> None:
     archive = make_sop_archive(tmp_path / "sop.zip", train_classes=8, test_classes=4, images_per_class=4)
 

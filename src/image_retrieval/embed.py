@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 EMBEDDINGS_FILE = "embeddings.npy"
 ROWS_FILE = "rows.parquet"
+# Subfolder of a model's embeddings directory with the catalog's embeddings, when data.gallery names a catalog.
+GALLERY_SUBDIR = "gallery"
 INFO_FILE = "info.json"
 STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16}
 # Image ids listed in a row-coverage error, at most.

@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from image_retrieval.config import EvaluateConfig
-from image_retrieval.embed import StoredEmbeddings, load_embeddings
+from image_retrieval.embed import GALLERY_SUBDIR, StoredEmbeddings, load_embeddings
 from image_retrieval.index import load_index
 from image_retrieval.index_report import index_report
 from image_retrieval.io import atomic_path, write_json
@@ -31,8 +31,6 @@ logger = logging.getLogger(__name__)
 MODELS = ("base", "finetuned")
 LEAVE_ONE_OUT_PROTOCOL = "leave-one-out on the test split, exact inner-product search"
 QUERY_GALLERY_PROTOCOL = "test split queries against the catalog gallery, exact inner-product search"
-# Subfolder of a model's embeddings directory that holds the catalog's embeddings.
-GALLERY_SUBDIR = "gallery"
 # K values of the Recall@K curve, on top of the headline evaluate.recall_at.
 CURVE_KS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
 
@@ -135,6 +133,7 @@ def evaluate_models(
     embeddings_root: Path,
     index_root: Path,
     prepared_dir: Path,
+    gallery_dir: Path,
     config: EvaluateConfig,
     metrics_dir: Path,
     plots_dir: Path,
@@ -153,7 +152,7 @@ def evaluate_models(
     leave_one_out = galleries is None
     rows = _with_table_columns(stored[MODELS[0]].rows, prepared_dir / "test.parquet")
     gallery_rows = rows if leave_one_out else _with_table_columns(
-        galleries[MODELS[0]].rows, prepared_dir / "gallery.parquet"
+        galleries[MODELS[0]].rows, gallery_dir / "gallery.parquet"
     )
     labels = rows["label"].to_numpy()
     gallery_labels = gallery_rows["label"].to_numpy()

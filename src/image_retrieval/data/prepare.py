@@ -16,7 +16,7 @@ import polars as pl
 
 from image_retrieval.config import PrepareConfig
 from image_retrieval.data.cache import check_and_cache_images, images_failed_error
-from image_retrieval.io import atomic_path
+from image_retrieval.io import atomic_path, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +24,7 @@ SPLITS = ("train", "val", "test")
 # The split value and file name of catalog images (data.gallery), which no split of the dataset contains.
 GALLERY_SPLIT = "gallery"
 CACHE_DIR = "cache"
+GALLERY_INFO_FILE = "gallery.json"
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 # by_image needs this many images of every class in every split, so that every
 # image has another image of its class: a positive pair in train, a match in val and test.
@@ -272,12 +273,7 @@ def label_gallery(gallery_table: pl.DataFrame, dataset_table: pl.DataFrame) -> p
 
 
 def prepare_dataset(
-    table: pl.DataFrame,
-    config: PrepareConfig,
-    output_dir: Path,
-    *,
-    source_hint: str | None = None,
-    gallery_table: pl.DataFrame | None = None,
+    table: pl.DataFrame, config: PrepareConfig, output_dir: Path, *, source_hint: str | None = None
 ) -> dict:
     """Split the image table, check every image, cache large ones and write the splits.
 
@@ -290,50 +286,15 @@ def prepare_dataset(
     (images, classes, and the min, median and max images per class) and the
     count of excluded images. `source_hint` names where the images came from
     (such as "data.demo.source='data/demo'"), so that an error about a fetched
-    copy names the original to fix. `gallery_table`, a catalog read by
-    `datasets.read_gallery`, is labelled by class name (see `label_gallery`),
-    checked and cached with the dataset and written to gallery.parquet.
+    copy names the original to fix.
     """
     table = assign_splits(table, config)
-    if gallery_table is not None:
-        table = pl.concat([table, label_gallery(gallery_table, table)])
     output_dir = Path(output_dir)
 
     logger.info("Checking %d images", table.height)
     with atomic_path(output_dir) as temporary:
         temporary.mkdir()
-        caching = config.cache_shorter_side > 0
-        checks = check_and_cache_images(
-            table.get_column("path").to_list(),
-            table.get_column("image_id").to_list(),
-            write_dir=temporary / CACHE_DIR if caching else None,
-            final_dir=output_dir / CACHE_DIR if caching else None,
-            shorter_side=config.cache_shorter_side,
-            num_workers=config.num_workers,
-        )
-
-        failed = [index for index, check in enumerate(checks) if check.error is not None]
-        excluded = table[failed].select("image_id", "path").with_columns(
-            reason=pl.Series([checks[index].error for index in failed], dtype=pl.String)
-        )
-        if failed and config.on_bad_image == "error":
-            where = f" in the dataset source ({source_hint}), not in the fetched copy" if source_hint else ""
-            raise images_failed_error(
-                [(path, reason) for _, path, reason in excluded.iter_rows()],
-                table.height,
-                f"Replace or delete these files{where}, or set prepare.on_bad_image=exclude to leave them out.",
-            )
-        if failed:
-            logger.warning("Excluding %d unreadable images; see %s", len(failed), output_dir / "excluded.parquet")
-
-        table = table.with_columns(
-            pl.Series("width", [check.width for check in checks], dtype=pl.Int64),
-            pl.Series("height", [check.height for check in checks], dtype=pl.Int64),
-            pl.Series("mode", [check.mode for check in checks], dtype=pl.String),
-            pl.Series("cache_path", [check.cache_path for check in checks], dtype=pl.String),
-        )
-        table = table.filter(pl.col("image_id").is_in(excluded.get_column("image_id")).not_())
-        excluded.write_parquet(temporary / "excluded.parquet")
+        table, excluded = _check_and_cache(table, config, temporary, output_dir, source_hint)
 
         metrics: dict = {}
         for split in SPLITS:
@@ -345,19 +306,99 @@ def prepare_dataset(
             logger.info(
                 "Wrote %d %s images of %d classes", metrics[split]["images"], split, metrics[split]["classes"]
             )
-        if gallery_table is not None:
-            gallery = table.filter(pl.col("split") == GALLERY_SPLIT).sort("image_id")
-            if gallery.height == 0:
-                raise PrepareError("the gallery is empty after excluding unreadable images")
-            gallery.write_parquet(temporary / f"{GALLERY_SPLIT}.parquet")
-            test_names = table.filter(pl.col("split") == "test").get_column("label_name").unique()
-            metrics[GALLERY_SPLIT] = {
-                **_split_metrics(gallery),
-                "classes_in_test": int(gallery.get_column("label_name").unique().is_in(test_names).sum()),
-            }
-    metrics["excluded_images"] = len(failed)
+    metrics["excluded_images"] = excluded.height
     metrics["cached_images"] = int(table.get_column("cache_path").is_not_null().sum())
     return metrics
+
+
+def prepare_gallery(
+    gallery_table: pl.DataFrame | None,
+    test_table: pl.DataFrame,
+    config: PrepareConfig,
+    output_dir: Path,
+    *,
+    source_hint: str | None = None,
+) -> dict:
+    """Label, check and cache a catalog gallery and write `output_dir`/gallery.parquet.
+
+    `gallery_table` is a catalog read by `datasets.read_gallery`, or None when
+    the test split is its own gallery: then `output_dir` receives only
+    gallery.json, so that the folder exists either way. Catalog images get the
+    label of the test class with the same name (see `label_gallery`). Bad images
+    follow prepare.on_bad_image as in `prepare_dataset`. The catalog lives apart
+    from data/prepared so that changing it never re-runs training. Returns the
+    gallery's metrics, or an empty dict.
+    """
+    output_dir = Path(output_dir)
+    with atomic_path(output_dir) as temporary:
+        temporary.mkdir()
+        if gallery_table is None:
+            write_json(temporary / GALLERY_INFO_FILE, {"gallery": "test"})
+            return {}
+
+        logger.info("Checking %d catalog images", gallery_table.height)
+        table = label_gallery(gallery_table, test_table)
+        table, excluded = _check_and_cache(table, config, temporary, output_dir, source_hint, "gallery")
+        if table.height == 0:
+            raise PrepareError("the gallery is empty after excluding unreadable images")
+        table.sort("image_id").write_parquet(temporary / f"{GALLERY_SPLIT}.parquet")
+        write_json(temporary / GALLERY_INFO_FILE, {"gallery": "catalog", "images": table.height})
+
+    test_names = test_table.get_column("label_name").unique()
+    return {
+        **_split_metrics(table),
+        "classes_in_test": int(table.get_column("label_name").unique().is_in(test_names).sum()),
+        "excluded_images": excluded.height,
+    }
+
+
+def _check_and_cache(
+    table: pl.DataFrame,
+    config: PrepareConfig,
+    temporary: Path,
+    output_dir: Path,
+    source_hint: str | None,
+    source_kind: str = "dataset",
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Decode every image of `table`, cache the large ones and handle the unreadable ones.
+
+    Writes the cache under `temporary`/cache (whose final place is
+    `output_dir`/cache) and excluded.parquet. Returns the readable rows with
+    width, height, mode and cache_path, and the excluded rows with their reason.
+    """
+    caching = config.cache_shorter_side > 0
+    checks = check_and_cache_images(
+        table.get_column("path").to_list(),
+        table.get_column("image_id").to_list(),
+        write_dir=temporary / CACHE_DIR if caching else None,
+        final_dir=output_dir / CACHE_DIR if caching else None,
+        shorter_side=config.cache_shorter_side,
+        num_workers=config.num_workers,
+    )
+
+    failed = [index for index, check in enumerate(checks) if check.error is not None]
+    excluded = table[failed].select("image_id", "path").with_columns(
+        reason=pl.Series([checks[index].error for index in failed], dtype=pl.String)
+    )
+    if failed and config.on_bad_image == "error":
+        where = f" in the {source_kind} source ({source_hint}), not in the fetched copy" if source_hint else ""
+        raise images_failed_error(
+            [(path, reason) for _, path, reason in excluded.iter_rows()],
+            table.height,
+            f"Replace or delete these files{where}, or set prepare.on_bad_image=exclude to leave them out.",
+        )
+    if failed:
+        logger.warning("Excluding %d unreadable images; see %s", len(failed), output_dir / "excluded.parquet")
+
+    table = table.with_columns(
+        pl.Series("width", [check.width for check in checks], dtype=pl.Int64),
+        pl.Series("height", [check.height for check in checks], dtype=pl.Int64),
+        pl.Series("mode", [check.mode for check in checks], dtype=pl.String),
+        pl.Series("cache_path", [check.cache_path for check in checks], dtype=pl.String),
+    )
+    table = table.filter(pl.col("image_id").is_in(excluded.get_column("image_id")).not_())
+    excluded.write_parquet(temporary / "excluded.parquet")
+    return table, excluded
 
 
 def image_source_paths(table: pl.DataFrame) -> list[str]:
