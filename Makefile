@@ -4,7 +4,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PYTHON_SYSTEM ?= python3
 
-.PHONY: demo test install clean-venv
+.PHONY: demo test bench install clean-venv
 
 install: $(INSTALLED)
 
@@ -23,6 +23,23 @@ demo: $(INSTALLED)
 
 test: $(INSTALLED)
 	PATH="$(BIN):$$PATH" pytest
+
+# Full-scale benchmarks, not part of `make test`. Each script writes its
+# Markdown tables to bench/results/SCRIPT.md (git-ignored) and its progress
+# log to the terminal. losses_demo.py (needs `make demo`, about 20 minutes of
+# training) and gpu_train_throughput.py (needs a GPU) are left out.
+# evaluate_scale.py needs about 15 GiB of free memory for its full-matrix
+# comparison.
+BENCH_RESULTS := bench/results
+BENCH_SCRIPTS := throughput prepare_throughput evaluate_scale index_scale
+
+bench: $(INSTALLED)
+	mkdir -p $(BENCH_RESULTS)
+	for script in $(BENCH_SCRIPTS); do \
+		echo "Running bench/$$script.py > $(BENCH_RESULTS)/$$script.md"; \
+		PATH="$(BIN):$$PATH" python bench/$$script.py > $(BENCH_RESULTS)/$$script.md.partial || exit 1; \
+		mv $(BENCH_RESULTS)/$$script.md.partial $(BENCH_RESULTS)/$$script.md; \
+	done
 
 clean-venv:
 	rm -rf $(VENV)

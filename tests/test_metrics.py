@@ -5,6 +5,7 @@ import pytest
 import torch
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
+from image_retrieval import metrics
 from image_retrieval.metrics import RetrievalMetrics, evaluate_retrieval, exact_search
 
 
@@ -24,11 +25,15 @@ def brute_force_search(queries, gallery, k, exclude_self):
     return np.take_along_axis(scores, order, axis=1), order
 
 
-def clustered_embeddings(seed, num_classes=200, dimension=64):
-    """Return L2-normalised [N, dimension] float32 embeddings and [N] labels of 1 to 19 images per class, shuffled."""
+def clustered_embeddings(seed, num_images=5000, dimension=64):
+    """Return L2-normalised [num_images, dimension] float32 embeddings and [num_images] labels, shuffled.
+
+    Classes have 1 to 19 images, except that the last one is cut to fit num_images.
+    """
     rng = np.random.default_rng(seed)
-    class_sizes = rng.integers(1, 20, size=num_classes)
-    labels = np.repeat(np.arange(num_classes), class_sizes)
+    class_sizes = rng.integers(1, 20, size=num_images)
+    labels = np.repeat(np.arange(num_images), class_sizes)[:num_images]
+    num_classes = labels[-1] + 1
 
     centers = rng.normal(size=(num_classes, dimension))
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
@@ -39,12 +44,21 @@ def clustered_embeddings(seed, num_classes=200, dimension=64):
     return embeddings[order].astype(np.float32), labels[order]
 
 
+# On the 64-dimensional embeddings of clustered_embeddings, faiss's float32 L2
+# distances d, taken as 1 - d / 2, differ from numpy's float32 inner products
+# by up to 4.8e-7 (measured with faiss 1.15.1 and numpy 2.4.6 on x86_64). A
+# pair can therefore be ranked differently only when its score gap is below
+# about 1e-6.
+MIN_SAFE_SCORE_GAP = 1e-6
+
+
 def min_score_gap_at_metric_swaps(queries, query_labels, gallery, gallery_labels, exclude_self):
     """Return the smallest score gap between the neighbours at ranks i and i + 1 (i <= R) where exactly one is relevant.
 
-    Swapping such a pair changes Recall@1, MAP@R or R-precision. A gap far
-    above float32 rounding means that faiss's L2 search and the inner product
-    of exact_search rank these pairs the same way on L2-normalised embeddings.
+    Swapping such a pair changes Recall@1, MAP@R or R-precision. A gap above
+    twice the float32 rounding error of the scores means that faiss's L2
+    search and the inner product of exact_search rank these pairs the same way
+    on L2-normalised embeddings.
     """
     max_relevant = np.bincount(gallery_labels).max()
     _, neighbors = brute_force_search(queries, gallery, max_relevant + 1, exclude_self)
@@ -241,6 +255,88 @@ def test_search_chunked_exclude_self_matches_brute_force():
             np.testing.assert_array_equal(scores, expected_scores, err_msg=f"k={k} chunk_size={chunk_size}")
 
 
+def test_sampled_search_matches_brute_force():
+    # 2,000 gallery rows are at least 16 times k for k <= 125, so the top k
+    # is selected among the candidates above a sampled threshold. Small
+    # integers give few distinct scores, so most rows tie at the k-th score.
+    rng = np.random.default_rng(3)
+    queries = rng.integers(-2, 3, size=(70, 4)).astype(np.float32)
+    gallery = rng.integers(-2, 3, size=(2000, 4)).astype(np.float32)
+
+    for k in (1, 7, 50, 125):
+        expected_scores, expected_indices = brute_force_search(queries, gallery, k, exclude_self=False)
+        for chunk_size in (1, 16, 1024):
+            scores, indices = exact_search(queries, gallery, k, chunk_size=chunk_size)
+
+            np.testing.assert_array_equal(indices, expected_indices, err_msg=f"k={k} chunk_size={chunk_size}")
+            np.testing.assert_array_equal(scores, expected_scores, err_msg=f"k={k} chunk_size={chunk_size}")
+
+
+def test_sampled_search_exclude_self_exact():
+    # 1,600 rows are at least 16 times k for k <= 100, as in the test above.
+    rng = np.random.default_rng(4)
+    embeddings = rng.integers(-2, 3, size=(1600, 3)).astype(np.float32)
+    embeddings[5] = embeddings[1200]  # a duplicate pair, each retrievable by the other
+
+    for k in (1, 40, 100):
+        expected_scores, expected_indices = brute_force_search(embeddings, embeddings, k, exclude_self=True)
+        scores, indices = exact_search(embeddings, embeddings, k, chunk_size=512, exclude_self=True)
+
+        np.testing.assert_array_equal(indices, expected_indices, err_msg=f"k={k}")
+        np.testing.assert_array_equal(scores, expected_scores, err_msg=f"k={k}")
+
+
+def test_unrepresentative_sample_searched_in_full(monkeypatch):
+    # Every 16th gallery row, the sampled columns, contains the 100 highest
+    # gallery values. For query [1] the sampled threshold, the 10th highest
+    # sampled score, then passes only 10 columns, fewer than k = 80, so its
+    # row is searched in full. For query [-1] those rows score lowest, and
+    # the threshold passes enough columns.
+    gallery = np.arange(1600, dtype=np.float32)[:, None]
+    gallery[::16, 0] += 10_000
+    queries = np.array([[1], [-1]], dtype=np.float32)
+
+    searched_shapes = []
+    exhaustive = metrics._top_k_positions_exhaustive
+
+    def recording_exhaustive(scores, k):
+        searched_shapes.append(scores.shape)
+        return exhaustive(scores, k)
+
+    monkeypatch.setattr(metrics, "_top_k_positions_exhaustive", recording_exhaustive)
+    monkeypatch.setattr(metrics, "_available_cores", lambda: 1)
+
+    scores, indices = exact_search(queries, gallery, 80)
+
+    expected_scores, expected_indices = brute_force_search(queries, gallery, 80, exclude_self=False)
+    np.testing.assert_array_equal(indices, expected_indices)
+    np.testing.assert_array_equal(scores, expected_scores)
+    # One call on query [1]'s whole row, one on query [-1]'s packed candidates.
+    assert len(searched_shapes) == 2
+    assert (1, 1600) in searched_shapes
+
+
+def test_search_row_blocks_match_brute_force(monkeypatch):
+    rng = np.random.default_rng(5)
+    queries = rng.integers(-2, 3, size=(23, 4)).astype(np.float32)
+    gallery = rng.integers(-2, 3, size=(300, 4)).astype(np.float32)
+    expected_scores, expected_indices = brute_force_search(queries, gallery, 12, exclude_self=False)
+
+    for cores in (1, 3, 64):
+        monkeypatch.setattr(metrics, "_available_cores", lambda: cores)
+        scores, indices = exact_search(queries, gallery, 12, chunk_size=10)
+
+        np.testing.assert_array_equal(indices, expected_indices, err_msg=f"cores={cores}")
+        np.testing.assert_array_equal(scores, expected_scores, err_msg=f"cores={cores}")
+
+
+def test_search_overflow_raises():
+    embeddings = np.full((2, 4), 1e20, dtype=np.float32)
+
+    with pytest.raises(ValueError, match=r"inner products of query rows 0\.\.1 overflow float32"):
+        exact_search(embeddings, embeddings, 1)
+
+
 def test_evaluate_chunk_size_does_not_change_results():
     # Small integers keep the scores exact, as in the search tests above.
     rng = np.random.default_rng(2)
@@ -258,12 +354,12 @@ def test_evaluate_chunk_size_does_not_change_results():
 
 
 def test_matches_pytorch_metric_learning_leave_one_out():
-    embeddings, labels = clustered_embeddings(seed=6)
+    embeddings, labels = clustered_embeddings(seed=0)
 
     # Precondition: faiss ranks by float32 L2 distance and we rank by float32
     # inner product, which agree only where score gaps exceed rounding error.
     min_gap = min_score_gap_at_metric_swaps(embeddings, labels, embeddings, labels, exclude_self=True)
-    assert min_gap > 1e-5, f"test data has a near-tie ({min_gap:.2e}); pick another seed"
+    assert min_gap > MIN_SAFE_SCORE_GAP, f"test data has a near-tie ({min_gap:.2e}); pick another seed"
 
     calculator = AccuracyCalculator(
         include=("precision_at_1", "mean_average_precision_at_r", "r_precision"),
@@ -286,12 +382,12 @@ def test_matches_pytorch_metric_learning_leave_one_out():
 
 
 def test_matches_pytorch_metric_learning_query_gallery():
-    embeddings, labels = clustered_embeddings(seed=6)
+    embeddings, labels = clustered_embeddings(seed=0)
     queries, query_labels = embeddings[:500], labels[:500]
     gallery, gallery_labels = embeddings[500:], labels[500:]
 
     min_gap = min_score_gap_at_metric_swaps(queries, query_labels, gallery, gallery_labels, exclude_self=False)
-    assert min_gap > 1e-5, f"test data has a near-tie ({min_gap:.2e}); pick another seed"
+    assert min_gap > MIN_SAFE_SCORE_GAP, f"test data has a near-tie ({min_gap:.2e}); pick another seed"
 
     calculator = AccuracyCalculator(
         include=("precision_at_1", "mean_average_precision_at_r", "r_precision"),

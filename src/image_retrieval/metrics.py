@@ -16,7 +16,9 @@ top k, the rows with the lowest indices are kept.
 
 The search scores `chunk_size` queries at a time with one float32 matrix
 product, so peak memory is a small multiple of chunk_size x gallery rows
-float32 values, never a full query x gallery matrix.
+float32 values, never a full query x gallery matrix. The top k of a chunk's
+rows are selected in one thread per available CPU core, each thread taking a
+block of rows, because numpy's partition and sort run on one core.
 
 Metrics
 -------
@@ -38,13 +40,21 @@ Recall@K is reported only for K up to the number of candidate gallery rows
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, overload
 
 import numpy as np
 
 DEFAULT_RECALL_AT = (1, 10, 100, 1000)
+
+# When a row has at least SAMPLE_STRIDE * k columns, its top k is selected
+# among the columns at or above a threshold taken from every SAMPLE_STRIDE-th
+# column, set so that about CANDIDATE_FACTOR * k columns pass on average.
+SAMPLE_STRIDE = 16
+CANDIDATE_FACTOR = 2
 
 
 @dataclass
@@ -124,31 +134,57 @@ def exact_search(
 
     scores = np.empty((len(queries), k), dtype=np.float32)
     indices = np.empty((len(queries), k), dtype=np.int64)
-    for start in range(0, len(queries), chunk_size):
-        stop = min(start + chunk_size, len(queries))
-        chunk_scores = queries[start:stop] @ gallery.T
-
-        if not np.isfinite(chunk_scores).all():
-            raise ValueError(
-                f"inner products of query rows {start}..{stop - 1} overflow float32; "
-                "L2-normalise the embeddings"
-            )
-
-        if exclude_self:
-            chunk_scores = _drop_self_columns(chunk_scores, first_row=start)
-
-        positions = _top_k_positions(chunk_scores, k)
-        scores[start:stop] = np.take_along_axis(chunk_scores, positions, axis=1)
-
-        if exclude_self:
-            # Column j of the reduced matrix is gallery row j before the query's
-            # own row and row j + 1 after it.
-            self_rows = np.arange(start, stop)[:, None]
-            indices[start:stop] = positions + (positions >= self_rows)
-        else:
+    num_threads = min(_available_cores(), chunk_size, len(queries))
+    with ThreadPoolExecutor(max_workers=num_threads) as pool:
+        for start in range(0, len(queries), chunk_size):
+            stop = min(start + chunk_size, len(queries))
+            chunk_scores = _chunk_scores(queries, gallery, start, stop, exclude_self)
+            positions = _top_k_positions_in_blocks(pool, num_threads, chunk_scores, k)
+            scores[start:stop] = np.take_along_axis(chunk_scores, positions, axis=1)
             indices[start:stop] = positions
 
     return scores, indices
+
+
+def _chunk_scores(
+    queries: np.ndarray, gallery: np.ndarray, start: int, stop: int, exclude_self: bool
+) -> np.ndarray:
+    """Return the [stop - start, G] inner products of query rows start..stop - 1, with -inf at their own rows if exclude_self.
+
+    Raises ValueError when an inner product overflows float32.
+    """
+    # An overflow raises the ValueError below instead of a numpy warning.
+    with np.errstate(over="ignore", invalid="ignore"):
+        chunk_scores = queries[start:stop] @ gallery.T
+
+    if not np.isfinite(chunk_scores).all():
+        raise ValueError(
+            f"inner products of query rows {start}..{stop - 1} overflow float32; "
+            "L2-normalise the embeddings"
+        )
+
+    if exclude_self:
+        # -inf ranks below every finite score, and k <= G - 1 leaves at least
+        # k finite candidates, so the query's own row is never selected and
+        # column j stays gallery row j.
+        rows = np.arange(stop - start)
+        chunk_scores[rows, start + rows] = -np.inf
+    return chunk_scores
+
+
+def _top_k_positions_in_blocks(
+    pool: ThreadPoolExecutor, num_blocks: int, scores: np.ndarray, k: int
+) -> np.ndarray:
+    """Run `_top_k_positions` on up to num_blocks blocks of rows in the pool and stack the results."""
+    bounds = np.linspace(0, len(scores), min(num_blocks, len(scores)) + 1).astype(int)
+    blocks = [scores[first:last] for first, last in zip(bounds[:-1], bounds[1:])]
+    return np.concatenate(list(pool.map(_top_k_positions, blocks, [k] * len(blocks))))
+
+
+def _available_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 @overload
@@ -295,37 +331,83 @@ def _average_metrics(
 
 
 def _top_k_positions(scores: np.ndarray, k: int) -> np.ndarray:
+    """Return [rows, k] column positions of the k highest scores per row, ties by ascending column.
+
+    A row's candidates are its columns at or above a threshold taken from a
+    sample of its columns. When a row has at least k candidates, its k-th
+    highest score is at or above the threshold. Every column that
+    `_top_k_positions_exhaustive` could select over the whole row is then a
+    candidate, so selecting among the candidates gives the same result.
+    """
+    num_rows, num_columns = scores.shape
+    if num_columns < SAMPLE_STRIDE * k:
+        return _top_k_positions_exhaustive(scores, k)
+
+    # At least sample_rank columns reach the sample_rank-th highest sampled
+    # score, and about sample_rank * SAMPLE_STRIDE = CANDIDATE_FACTOR * k do
+    # when the sample is typical of the row.
+    sample = scores[:, ::SAMPLE_STRIDE]
+    sample_rank = -(-CANDIDATE_FACTOR * k // SAMPLE_STRIDE)
+    thresholds = np.partition(sample, sample.shape[1] - sample_rank, axis=1)[:, sample.shape[1] - sample_rank, None]
+    candidates = np.flatnonzero(scores >= thresholds)
+    candidate_rows = candidates // num_columns
+    counts = np.bincount(candidate_rows, minlength=num_rows)
+
+    # A row with fewer than k candidates, because its sampled columns score
+    # higher than the rest, is searched in full.
+    positions = np.empty((num_rows, k), dtype=np.int64)
+    is_short = counts < k
+    if is_short.any():
+        positions[is_short] = _top_k_positions_exhaustive(scores[is_short], k)
+        is_kept = ~is_short[candidate_rows]
+        candidates, candidate_rows = candidates[is_kept], candidate_rows[is_kept]
+        counts[is_short] = 0
+        if not candidates.size:
+            return positions
+
+    # Pack each row's candidates, in ascending column order, into the first
+    # slots of a matrix padded with -inf, which is never selected because
+    # each packed row has at least k finite candidates.
+    offsets = np.cumsum(counts) - counts
+    slots = np.arange(len(candidates)) - offsets[candidate_rows]
+    packed_scores = np.full((num_rows, counts.max()), -np.inf, dtype=scores.dtype)
+    packed_columns = np.zeros((num_rows, counts.max()), dtype=np.int64)
+    packed_scores[candidate_rows, slots] = scores.ravel()[candidates]
+    packed_columns[candidate_rows, slots] = candidates - candidate_rows * num_columns
+
+    is_packed = ~is_short
+    packed_positions = _top_k_positions_exhaustive(packed_scores[is_packed], k)
+    positions[is_packed] = np.take_along_axis(packed_columns[is_packed], packed_positions, axis=1)
+    return positions
+
+
+def _top_k_positions_exhaustive(scores: np.ndarray, k: int) -> np.ndarray:
     """Return [rows, k] column positions of the k highest scores per row, ties by ascending column."""
-    num_columns = scores.shape[1]
+    num_rows, num_columns = scores.shape
     kth_scores = np.partition(scores, num_columns - k, axis=1)[:, num_columns - k, None]
-    is_above = scores > kth_scores
-    is_at_kth = scores == kth_scores
-    is_selected = is_above | is_at_kth
+    is_selected = scores >= kth_scores
 
-    # A row where more than k columns reach the k-th score has a tie at the
-    # boundary, so it keeps only the lowest columns among those equal to the
-    # k-th score.
-    tied_rows = np.flatnonzero(is_selected.sum(axis=1) > k)
-    if tied_rows.size:
-        num_needed = k - is_above[tied_rows].sum(axis=1, keepdims=True)
-        rank_among_tied = np.cumsum(is_at_kth[tied_rows], axis=1)
-        is_selected[tied_rows] = is_above[tied_rows] | (
-            is_at_kth[tied_rows] & (rank_among_tied <= num_needed)
-        )
+    # Flat row-major indices list each row's columns in ascending order. Every
+    # row has at least k columns at or above its k-th score, so exactly
+    # rows x k selected columns means that no row has a tie at the boundary.
+    selected = np.flatnonzero(is_selected)
+    if len(selected) > num_rows * k:
+        # A row with more than k such columns keeps only the lowest columns
+        # among those equal to the k-th score.
+        counts = np.bincount(selected // num_columns, minlength=num_rows)
+        tied_rows = np.flatnonzero(counts > k)
+        is_above = scores[tied_rows] > kth_scores[tied_rows]
+        is_at_kth = scores[tied_rows] == kth_scores[tied_rows]
+        num_needed = k - is_above.sum(axis=1, keepdims=True)
+        rank_among_tied = np.cumsum(is_at_kth, axis=1)
+        is_selected[tied_rows] = is_above | (is_at_kth & (rank_among_tied <= num_needed))
+        selected = np.flatnonzero(is_selected)
 
-    # np.nonzero lists each row's columns in ascending order, and the stable
-    # sort keeps that order among equal scores.
-    positions = np.nonzero(is_selected)[1].reshape(len(scores), k)
+    positions = selected.reshape(num_rows, k) - np.arange(num_rows)[:, None] * num_columns
+
+    # The stable sort keeps the ascending column order among equal scores.
     order = np.argsort(-np.take_along_axis(scores, positions, axis=1), axis=1, kind="stable")
     return np.take_along_axis(positions, order, axis=1)
-
-
-def _drop_self_columns(chunk_scores: np.ndarray, first_row: int) -> np.ndarray:
-    """Remove column first_row + i from row i of a [c, G] matrix and return the [c, G - 1] rest in column order."""
-    rows = np.arange(len(chunk_scores))
-    keep = np.ones(chunk_scores.shape, dtype=bool)
-    keep[rows, first_row + rows] = False
-    return chunk_scores[keep].reshape(len(chunk_scores), -1)
 
 
 def _count_relevant(
