@@ -31,7 +31,7 @@ test: $(INSTALLED)
 # evaluate_scale.py needs about 15 GiB of free memory for its full-matrix
 # comparison.
 BENCH_RESULTS := bench/results
-BENCH_SCRIPTS := throughput prepare_throughput evaluate_scale index_scale
+BENCH_SCRIPTS := throughput prepare_throughput embed_throughput evaluate_scale index_scale
 
 bench: $(INSTALLED)
 	mkdir -p $(BENCH_RESULTS)

@@ -153,7 +153,7 @@ def machine_line() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=2000, help="number of JPEGs to generate and embed")
+    parser.add_argument("--images", type=int, default=400, help="number of JPEGs to generate and embed")
     parser.add_argument("--min-side", type=int, default=400, help="smallest image side, in pixels")
     parser.add_argument("--max-side", type=int, default=800, help="largest image side, in pixels")
     parser.add_argument("--resolutions", type=int, nargs="+", default=[224, 56], help="model input sides, in pixels")

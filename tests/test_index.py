@@ -154,3 +154,10 @@ def test_index_config_search_parameters() -> None:
     assert IndexConfig(factory="IVF64,Flat", nprobe=16).search_parameters() == {"nprobe": 16}
     with pytest.raises(ParamsError, match="index.ef_search=-1"):
         IndexConfig(ef_search=-1)
+
+
+def test_ivf_pq_skips_polysemous_training() -> None:
+    index = build_index(random_unit_vectors(2000, 16), "IVF4,PQ4")
+
+    assert index.ntotal == 2000
+    assert faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training is False

@@ -59,6 +59,15 @@ def build_index(embeddings: np.ndarray, factory: str, *, seed: int = 0, train_sa
             f"index.factory={factory!r} is not a valid faiss factory string ({error}); try 'Flat' or 'HNSW32'"
         ) from None
 
+    # index_factory turns on polysemous training for IVF-PQ, which only serves
+    # Hamming-distance filtering at search time (off by default) and dominates
+    # the build time.
+    inverted_lists = faiss.try_extract_index_ivf(index)
+    if inverted_lists is not None:
+        inverted_lists = faiss.downcast_index(inverted_lists)
+    if isinstance(inverted_lists, faiss.IndexIVFPQ):
+        inverted_lists.do_polysemous_training = False
+
     if not index.is_trained:
         rng = np.random.default_rng(seed)
         sample_size = min(train_sample, len(embeddings))
