@@ -1,6 +1,6 @@
 """Measure embedding throughput (images/s) of the project's `embed_paths` against a naive loop.
 
-Usage: python bench/embed_throughput.py [--images 2000] [--resolutions 224 56] [--workers 0 2] [--repeats 1]
+Usage: python bench/embed_throughput.py [--images 400] [--resolutions 224 56] [--workers 0 2] [--repeats 1]
 
 Both pipelines embed the same generated JPEGs (seeded, sides drawn uniformly
 from --min-side to --max-side pixels) with the same model and batch size:

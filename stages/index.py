@@ -16,7 +16,7 @@ def main() -> None:
         sys.exit("usage: python stages/index.py {base|finetuned}")
     model = sys.argv[1]
     embeddings_dir = Path("data/embeddings") / model
-    # With data.gallery set to a catalog, the index holds the catalog, not the test split.
+    # With data.gallery set to a catalog, the index contains the catalog, not the test split.
     gallery_dir = embeddings_dir / GALLERY_SUBDIR
     source_dir = gallery_dir if gallery_dir.is_dir() else embeddings_dir
     index_embeddings(source_dir, load_params("index"), Path("data/index") / model)

@@ -264,7 +264,7 @@ def _set_train_launcher(repo: Path, launcher: str) -> str:
 def test_train_stage_runs_in_two_processes(pipeline_repo: Path) -> None:
     # accelerate's own launcher starts a single process on a machine without
     # GPUs, so the CPU test launches through torchrun, which accelerate reads.
-    original = _set_train_launcher(pipeline_repo, "torchrun --nproc_per_node 2")
+    original = _set_train_launcher(pipeline_repo, "torchrun --standalone --nproc_per_node 2")
     try:
         output = run(["dvc", "repro", "--force", "--single-item", "train"], pipeline_repo, {"ACCELERATE_USE_CPU": "1"})
     finally:
@@ -281,7 +281,7 @@ def test_train_stage_runs_in_two_processes(pipeline_repo: Path) -> None:
 
 
 def test_train_stage_refuses_processes_that_do_not_share_a_batch(pipeline_repo: Path) -> None:
-    original = _set_train_launcher(pipeline_repo, "torchrun --nproc_per_node 2")
+    original = _set_train_launcher(pipeline_repo, "torchrun --standalone --nproc_per_node 2")
     environment = dict(os.environ)
     environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"
     environment.pop("ACCELERATE_USE_CPU", None)

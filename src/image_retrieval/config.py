@@ -62,7 +62,7 @@ class DataConfig:
     sop: SopDataConfig = field(default_factory=SopDataConfig)
     folder: FolderDataConfig = field(default_factory=FolderDataConfig)
     jsonl: JsonlDataConfig = field(default_factory=JsonlDataConfig)
-    # The images the index holds. "test": the test split, each test image a query
+    # The images the index contains. "test": the test split, each test image a query
     # against all the others. Otherwise a folder (or .zip, or http(s) URL of a .zip)
     # of catalog images in <class>/<image> folders: the test images are the queries,
     # scored against the catalog only, and a catalog class matches the test class

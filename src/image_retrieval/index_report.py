@@ -1,4 +1,4 @@
-"""What an index costs against exact search: recall, build time, size and query latency.
+"""Costs of an index against exact search: recall, build time, size and query latency.
 
 evaluate reports these next to the headline metrics, which always come from
 exact search, so that an approximate index (IVF, HNSW, PQ) shows what it

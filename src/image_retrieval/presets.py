@@ -69,8 +69,9 @@ def load_preset(name: str, params_file: Path, presets_dir: Path = PRESETS_DIR) -
 def set_param_arguments(values: dict[str, Any]) -> list[str]:
     """Format dotted values as `-S key=value` arguments for `dvc exp run`.
 
-    Values are written as compact JSON, which DVC parses as YAML, so that a list
-    such as [0.2,1.0] stays one shell word. A string with whitespace cannot
+    Values are written as compact JSON, which DVC's -S parser (Hydra's override
+    grammar) reads back as the same values, so that a list such as [0.2,1.0]
+    stays one shell word. A string with whitespace cannot
     pass through the shell's word splitting and is refused.
     """
     arguments = []
