@@ -41,6 +41,7 @@ import faiss
 import numpy as np
 
 from image_retrieval.index import build_index
+from image_retrieval.index_report import single_query_latencies_ms
 from machine import machine_line
 from synthetic_embeddings import SOP_TEST_CLASSES, SOP_TEST_IMAGES, clustered_embeddings, sop_like_class_sizes
 
@@ -52,16 +53,6 @@ TOP_K = 10
 def nearest_power_of_two_nlist(num_vectors: int) -> int:
     """Return the power of two nearest to 4 * sqrt(num_vectors), the IVF list count."""
     return 2 ** round(math.log2(4 * math.sqrt(num_vectors)))
-
-
-def single_query_latencies_ms(index: faiss.Index, queries: np.ndarray) -> np.ndarray:
-    """Search each query alone and return the [Q] wall times in milliseconds."""
-    latencies = np.empty(len(queries))
-    for row in range(len(queries)):
-        started = time.perf_counter()
-        index.search(queries[row : row + 1], TOP_K)
-        latencies[row] = (time.perf_counter() - started) * 1000
-    return latencies
 
 
 def batch_search(index: faiss.Index, queries: np.ndarray) -> tuple[np.ndarray, float]:
@@ -109,7 +100,7 @@ def measure_index(
     for setting in search_settings(factory, args.nprobe, args.ef_search):
         if setting is not None:
             parameter_space.set_index_parameter(index, *setting)
-        latencies = single_query_latencies_ms(index, queries)
+        latencies = single_query_latencies_ms(index, queries, TOP_K)
         neighbors, queries_per_second = batch_search(index, queries)
         reference = neighbors if exact_neighbors is None else exact_neighbors
         setting_text = "-" if setting is None else f"{setting[0]}={setting[1]}"
