@@ -1,6 +1,7 @@
 """Prepare stage: split and check the raw images into data/prepared/{train,val,test}.parquet,
 and the catalog named by data.gallery, if any, into data/gallery/."""
 
+import shutil
 from pathlib import Path
 
 import polars as pl
@@ -22,13 +23,18 @@ def main() -> None:
     source = getattr(data, data.dataset).source
     metrics = prepare_dataset(table, config, PREPARED_DIR, source_hint=f"data.{data.dataset}.source={source!r}")
 
-    gallery_metrics = prepare_gallery(
-        read_gallery(data, Path("data/raw")),
-        pl.read_parquet(PREPARED_DIR / "test.parquet"),
-        config,
-        GALLERY_DIR,
-        source_hint=f"data.gallery={data.gallery!r}",
-    )
+    try:
+        gallery_metrics = prepare_gallery(
+            read_gallery(data, Path("data/raw")),
+            pl.read_parquet(PREPARED_DIR / "test.parquet"),
+            config,
+            GALLERY_DIR,
+            source_hint=f"data.gallery={data.gallery!r}",
+        )
+    except Exception:
+        # Leave no half of the stage's outputs: the splits without their gallery.
+        shutil.rmtree(PREPARED_DIR, ignore_errors=True)
+        raise
     if gallery_metrics:
         metrics["gallery"] = gallery_metrics
     write_json("metrics/prepare.json", metrics)

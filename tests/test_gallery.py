@@ -10,6 +10,7 @@ from PIL import Image
 
 from image_retrieval.config import DataConfig, ParamsError, PrepareConfig
 from image_retrieval.data.datasets import GALLERY_DIR, fetch_gallery, read_gallery
+from image_retrieval.data.fetch import FetchError
 from image_retrieval.data.images import ImageError
 from image_retrieval.data.prepare import label_gallery, prepare_dataset, prepare_gallery, scan_image_folder
 
@@ -108,3 +109,10 @@ def test_corrupt_gallery_image_named(tmp_path: Path) -> None:
 
     assert "gallery source (data.gallery='shop')" in str(caught.value)
     assert not (tmp_path / "gallery").exists()
+
+
+def test_missing_gallery_source_names_parameter(tmp_path: Path) -> None:
+    data = DataConfig(gallery=str(tmp_path / "no-such-catalog"))
+
+    with pytest.raises(FetchError, match="set data.gallery to a folder"):
+        fetch_gallery(data, tmp_path / "raw")

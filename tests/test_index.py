@@ -161,3 +161,8 @@ def test_ivf_pq_skips_polysemous_training() -> None:
 
     assert index.ntotal == 2000
     assert faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training is False
+
+
+def test_ivf_with_more_lists_than_vectors_named() -> None:
+    with pytest.raises(ValueError, match="index.factory='IVF64,Flat' has 64 inverted lists but only 40 vectors"):
+        build_index(random_unit_vectors(40, 16), "IVF64,Flat")

@@ -41,6 +41,19 @@ def test_demo_preset_matches_shipped_params() -> None:
     assert apply_preset(params, preset) == params
 
 
+def test_demo_preset_undoes_every_other_preset() -> None:
+    demo_keys = set(load_preset("demo-2cpu", PARAMS_FILE, PRESETS_DIR))
+
+    for path in PRESETS_DIR.glob("*.yaml"):
+        other_keys = set(load_preset(path.stem, PARAMS_FILE, PRESETS_DIR))
+        assert other_keys <= demo_keys, f"{path.name} sets keys that demo-2cpu does not reset"
+
+
+def test_preset_name_with_path_rejected() -> None:
+    with pytest.raises(ParamsError, match="invalid preset name '../params'"):
+        load_preset("../params", PARAMS_FILE, PRESETS_DIR)
+
+
 def test_sop_preset_sets_the_scale_out_recipe() -> None:
     values = load_preset("sop-1gpu", PARAMS_FILE, PRESETS_DIR)
 

@@ -68,7 +68,11 @@ def index_catalog(
     """
     table = list_catalog_images(catalog_dir)
     logger.info("Checking %d catalog images in %s", table.height, catalog_dir)
-    check_images(table.get_column("path").to_list(), num_workers=0)
+    check_images(
+        table.get_column("path").to_list(),
+        num_workers=0,
+        advice="Replace or delete these files, then run `image-retrieval index` again.",
+    )
 
     with tempfile.TemporaryDirectory(prefix="catalog-embeddings-") as scratch:
         embeddings_dir = Path(scratch) / "embeddings"

@@ -71,6 +71,13 @@ def build_index(embeddings: np.ndarray, factory: str, *, seed: int = 0, train_sa
     if not index.is_trained:
         rng = np.random.default_rng(seed)
         sample_size = min(train_sample, len(embeddings))
+        num_lists = inverted_lists.nlist if inverted_lists is not None else 0
+        if sample_size < num_lists:
+            raise ValueError(
+                f"index.factory={factory!r} has {num_lists} inverted lists but only {sample_size} vectors to "
+                f"train them on; use at most one list per 39 vectors (for example IVF{max(1, sample_size // 39)},Flat) "
+                "or Flat"
+            )
         sample = embeddings[np.sort(rng.choice(len(embeddings), size=sample_size, replace=False))]
         index.train(sample)
     index.add(embeddings)
@@ -117,7 +124,10 @@ def load_index(
     index_path, metadata_path = directory / INDEX_FILE, directory / METADATA_FILE
     for path in (index_path, metadata_path):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found; build the index with `dvc repro index`")
+            raise FileNotFoundError(
+                f"{path} not found; build the index with `dvc repro index`, or with "
+                "`image-retrieval index DIR --output OUT` for a folder of images"
+            )
 
     try:
         metadata = IndexMetadata(**read_json(metadata_path))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,8 @@ def load_preset(name: str, params_file: Path, presets_dir: Path = PRESETS_DIR) -
 
     Returns the preset's values as dotted keys.
     """
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or ".." in name:
+        raise ParamsError(f"invalid preset name {name!r}; use the file name of a preset in {presets_dir}, such as sop-1gpu")
     path = presets_dir / f"{name}.yaml"
     if not path.is_file():
         available = ", ".join(sorted(p.stem for p in presets_dir.glob("*.yaml"))) or "none"

@@ -111,14 +111,19 @@ def images_failed_error(failures: Sequence[tuple[str, str]], total: int, advice:
     )
 
 
-def check_images(paths: Sequence[str], *, num_workers: int = 0) -> list[tuple[int, int, str]]:
+def check_images(
+    paths: Sequence[str],
+    *,
+    num_workers: int = 0,
+    advice: str = "Replace or delete these files, then run the stage again.",
+) -> list[tuple[int, int, str]]:
     """Decode every image in `paths` and return (width, height, original mode) for each.
 
     Width and height are those of the RGB image that load_rgb returns, so they
     follow the EXIF orientation. `num_workers` > 0 decodes in a pool of that many
     threads, and 0 decodes in one thread. When any file fails, raises one ImageError
-    that lists every failed file with its reason, and its `failures` attribute
-    contains the (path, reason) pairs.
+    that lists every failed file with its reason, followed by `advice`, and its
+    `failures` attribute contains the (path, reason) pairs.
     """
     if num_workers < 0:
         raise ValueError(f"num_workers must be 0 (serial) or a positive thread count, got {num_workers}")
@@ -126,5 +131,5 @@ def check_images(paths: Sequence[str], *, num_workers: int = 0) -> list[tuple[in
     checks = check_and_cache_images(paths, paths, num_workers=num_workers or 1)
     failures = [(str(path), check.error) for path, check in zip(paths, checks) if check.error is not None]
     if failures:
-        raise images_failed_error(failures, len(paths), "Replace or delete these files, then run the stage again.")
+        raise images_failed_error(failures, len(paths), advice)
     return [(check.width, check.height, check.mode) for check in checks]

@@ -32,11 +32,11 @@ def fetch_raw_dataset(data: DataConfig, raw_dir: Path) -> Path:
     """Copy, extract or download the selected dataset into `raw_dir / data.dataset`."""
     destination = raw_dir / data.dataset
     if data.dataset == "demo":
-        return fetch_dataset(data.demo.source, destination)
+        return fetch_dataset(data.demo.source, destination, parameter="data.demo.source")
     if data.dataset == "sop":
-        return fetch_dataset(data.sop.source, destination, md5=data.sop.md5 or None)
+        return fetch_dataset(data.sop.source, destination, md5=data.sop.md5 or None, parameter="data.sop.source")
     if data.dataset == "folder":
-        return fetch_dataset(data.folder.source, destination)
+        return fetch_dataset(data.folder.source, destination, parameter="data.folder.source")
 
     jsonl_path = Path(data.jsonl.source)
     if not jsonl_path.is_file():
@@ -44,7 +44,7 @@ def fetch_raw_dataset(data: DataConfig, raw_dir: Path) -> Path:
     image_root = Path(data.jsonl.image_root) if data.jsonl.image_root else jsonl_path.parent
     with atomic_path(destination) as temporary:
         temporary.mkdir()
-        fetch_dataset(str(image_root), temporary / JSONL_IMAGES)
+        fetch_dataset(str(image_root), temporary / JSONL_IMAGES, parameter="data.jsonl.image_root")
         shutil.copy2(jsonl_path, temporary / JSONL_FILE)
     return destination
 
@@ -75,7 +75,7 @@ def fetch_gallery(data: DataConfig, raw_dir: Path) -> Path | None:
     """
     if data.gallery == TEST_GALLERY:
         return None
-    return fetch_dataset(data.gallery, raw_dir / GALLERY_DIR)
+    return fetch_dataset(data.gallery, raw_dir / GALLERY_DIR, parameter="data.gallery")
 
 
 def read_gallery(data: DataConfig, raw_dir: Path) -> pl.DataFrame | None:

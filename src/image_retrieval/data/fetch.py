@@ -49,7 +49,7 @@ EXTRACTED_BYTES_PER_ARCHIVE_BYTE = 1.0
 SOP_URL = "ftp://cs.stanford.edu/cs/cvgl/Stanford_Online_Products.zip"
 SOP_MD5 = "7f73d41a2f44250d4779881525aea32e"
 
-_SOURCE_HINT = "set data.demo.source to a folder, a .zip file or an http(s) or ftp URL"
+_SOURCE_HINT = "set {parameter} to a folder, a .zip file or an http(s) or ftp URL"
 _FTP_HINT = (
     "FTP downloads cannot resume, so every attempt starts again from byte 0. "
     "For a large file, download it with another tool, then set the dataset's source "
@@ -64,7 +64,9 @@ class FetchError(RuntimeError):
     """A dataset could not be copied, downloaded, verified or extracted."""
 
 
-def fetch_dataset(source: str, destination: Path, *, md5: str | None = None) -> Path:
+def fetch_dataset(
+    source: str, destination: Path, *, md5: str | None = None, parameter: str = "data.demo.source"
+) -> Path:
     """Copy, extract or download the dataset at `source` into `destination` and return `destination`.
 
     `source` is a local folder (its contents are copied), a local .zip file, or an
@@ -79,8 +81,10 @@ def fetch_dataset(source: str, destination: Path, *, md5: str | None = None) -> 
     from byte 0. Once complete and verified, the download is renamed to
     `<destination>.zip`, replacing any file of that name, and deleted after
     extraction. Free disk space is checked before the download and before extraction.
-    Raises FetchError naming the source, file or archive member that failed.
+    Raises FetchError naming the source, file or archive member that failed;
+    errors about the source itself tell the user to fix `parameter`.
     """
+    hint = _SOURCE_HINT.format(parameter=parameter)
     destination = Path(destination)
     expected_md5 = _normalize_md5(md5)
 
@@ -89,7 +93,7 @@ def fetch_dataset(source: str, destination: Path, *, md5: str | None = None) -> 
         return destination
 
     if "://" in source:
-        raise FetchError(f"unsupported URL scheme in source {source!r}; {_SOURCE_HINT}")
+        raise FetchError(f"unsupported URL scheme in source {source!r}; {hint}")
 
     source_path = Path(source)
     if source_path.is_dir():
@@ -104,9 +108,9 @@ def fetch_dataset(source: str, destination: Path, *, md5: str | None = None) -> 
             _verify_md5(source_path, expected_md5)
         _extract_zip(source_path, destination)
     elif source_path.exists():
-        raise FetchError(f"source {source_path} is neither a folder nor a .zip file; {_SOURCE_HINT}")
+        raise FetchError(f"source {source_path} is neither a folder nor a .zip file; {hint}")
     else:
-        raise FetchError(f"source {source_path} not found; {_SOURCE_HINT}")
+        raise FetchError(f"source {source_path} not found; {hint}")
 
     return destination
 

@@ -118,7 +118,8 @@ class Embedder(torch.nn.Module):
         if not settings_path.is_file():
             raise FileNotFoundError(
                 f"{settings_path} not found: {directory} is not an embedder directory; "
-                "run `dvc repro` to build models/base and models/finetuned"
+                "run `dvc repro` to build models/base and models/finetuned, or pass a saved embedder "
+                "directory (`--model-dir` on the command line)"
             )
         settings = json.loads(settings_path.read_text())
         backbone = Dinov2Model.from_pretrained(directory)
