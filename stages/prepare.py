@@ -7,8 +7,8 @@ from pathlib import Path
 import polars as pl
 
 from image_retrieval.config import load_params
-from image_retrieval.data.datasets import read_dataset, read_gallery
-from image_retrieval.data.prepare import prepare_dataset, prepare_gallery
+from image_retrieval.data.datasets import PAIR_GALLERY, read_dataset, read_gallery, read_pair_roles_of_dataset
+from image_retrieval.data.prepare import prepare_dataset, prepare_gallery, prepare_pair_gallery
 from image_retrieval.io import write_json
 from image_retrieval.stage import run_stage
 
@@ -23,14 +23,19 @@ def main() -> None:
     source = getattr(data, data.dataset).source
     metrics = prepare_dataset(table, config, PREPARED_DIR, source_hint=f"data.{data.dataset}.source={source!r}")
 
+    test_table = pl.read_parquet(PREPARED_DIR / "test.parquet")
     try:
-        gallery_metrics = prepare_gallery(
-            read_gallery(data, Path("data/raw")),
-            pl.read_parquet(PREPARED_DIR / "test.parquet"),
-            config,
-            GALLERY_DIR,
-            source_hint=f"data.gallery={data.gallery!r}",
-        )
+        if data.gallery == PAIR_GALLERY:
+            query_ids, positive_ids = read_pair_roles_of_dataset(Path("data/raw"))
+            gallery_metrics = prepare_pair_gallery(test_table, query_ids, positive_ids, GALLERY_DIR)
+        else:
+            gallery_metrics = prepare_gallery(
+                read_gallery(data, Path("data/raw")),
+                test_table,
+                config,
+                GALLERY_DIR,
+                source_hint=f"data.gallery={data.gallery!r}",
+            )
     except Exception:
         # Leave no half of the stage's outputs: the splits without their gallery.
         shutil.rmtree(PREPARED_DIR, ignore_errors=True)

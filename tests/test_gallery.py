@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import polars as pl
@@ -12,7 +13,15 @@ from image_retrieval.config import DataConfig, ParamsError, PrepareConfig
 from image_retrieval.data.datasets import GALLERY_DIR, fetch_gallery, read_gallery
 from image_retrieval.data.fetch import FetchError
 from image_retrieval.data.images import ImageError
-from image_retrieval.data.prepare import label_gallery, prepare_dataset, prepare_gallery, scan_image_folder
+from image_retrieval.data.jsonl import read_pair_roles
+from image_retrieval.data.prepare import (
+    PrepareError,
+    label_gallery,
+    prepare_dataset,
+    prepare_gallery,
+    prepare_pair_gallery,
+    scan_image_folder,
+)
 
 
 def write_images(root: Path, images_per_class: dict[str, int], shade: int = 0) -> Path:
@@ -116,3 +125,54 @@ def test_missing_gallery_source_names_parameter(tmp_path: Path) -> None:
 
     with pytest.raises(FetchError, match="set data.gallery to a folder"):
         fetch_gallery(data, tmp_path / "raw")
+
+
+def write_pairs(path: Path, pairs: list[tuple[str, str, int]]) -> Path:
+    lines = [
+        json.dumps({"query_image": query, "positive": positive, "label": label}) for query, positive, label in pairs
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_read_pair_roles(tmp_path: Path) -> None:
+    write_images(tmp_path, {"a": 3, "b": 2})
+    pairs = write_pairs(
+        tmp_path / "pairs.jsonl", [("a/0.png", "a/1.png", 1), ("a/2.png", "a/1.png", 1), ("b/1.png", "b/0.png", 2)]
+    )
+
+    query_ids, positive_ids = read_pair_roles(pairs)
+
+    assert query_ids == {"a/0.png", "a/2.png", "b/1.png"}
+    assert positive_ids == {"a/1.png", "b/0.png"}
+
+
+def test_prepare_pair_gallery_splits_roles(tmp_path: Path) -> None:
+    test_table = pl.DataFrame({
+        "image_id": ["q1", "q2", "p1", "both", "other"],
+        "label": [1, 2, 1, 2, 3],
+        "label_name": ["1", "2", "1", "2", "3"],
+    })
+
+    metrics = prepare_pair_gallery(test_table, {"q1", "q2", "both"}, {"p1", "both"}, tmp_path / "gallery")
+
+    gallery = pl.read_parquet(tmp_path / "gallery" / "gallery.parquet")
+    queries = pl.read_parquet(tmp_path / "gallery" / "queries.parquet")
+    assert sorted(gallery["image_id"]) == ["both", "p1"]
+    # An image in both roles is a gallery image only, so no query can find itself.
+    assert sorted(queries["image_id"]) == ["q1", "q2"]
+    assert metrics["queries"] == 2
+    assert metrics["images_in_both_roles"] == 1
+
+
+def test_prepare_pair_gallery_without_positives_rejected(tmp_path: Path) -> None:
+    test_table = pl.DataFrame({"image_id": ["q1"], "label": [1], "label_name": ["1"]})
+
+    with pytest.raises(PrepareError, match="1 query images and 0 positives"):
+        prepare_pair_gallery(test_table, {"q1"}, {"p1"}, tmp_path / "gallery")
+    assert not (tmp_path / "gallery").exists()
+
+
+def test_positives_gallery_needs_jsonl() -> None:
+    with pytest.raises(ParamsError, match='data.gallery="positives" needs data.dataset=jsonl'):
+        DataConfig(dataset="demo", gallery="positives")

@@ -142,6 +142,41 @@ def test_exp_run_with_catalog_gallery(pipeline_repo: Path, tmp_path: Path) -> No
     assert "data/raw/gallery/" in worst_queries
 
 
+def test_exp_run_with_jsonl_positives_gallery(pipeline_repo: Path, tmp_path: Path) -> None:
+    # Pairs of consecutive demo images per class: the first is the query, the second its positive.
+    images = copy_demo_subset(tmp_path / "pairs" / "images", num_classes=4, images_per_class=12, skip=40)
+    lines = []
+    for label, class_dir in enumerate(sorted(images.iterdir())):
+        names = sorted(path.name for path in class_dir.iterdir())
+        for query, positive in zip(names[0::2], names[1::2]):
+            lines.append(json.dumps({
+                "query_image": f"{class_dir.name}/{query}", "positive": f"{class_dir.name}/{positive}", "label": label,
+            }))
+    pair_file = tmp_path / "pairs" / "pairs.jsonl"
+    pair_file.write_text("\n".join(lines) + "\n")
+    params_path = pipeline_repo / "params.yaml"
+    original = params_path.read_text()
+
+    try:
+        run(
+            ["dvc", "exp", "run", "-S", "data.dataset=jsonl", "-S", f"data.jsonl.source={pair_file}",
+             "-S", f"data.jsonl.image_root={images}", "-S", "data.gallery=positives"],
+            pipeline_repo,
+        )
+    finally:
+        params_path.write_text(original)
+
+    results = json.loads((pipeline_repo / "metrics" / "evaluate.json").read_text())
+    assert results["protocol"].startswith("JSONL query images against the positive images")
+    prepared = json.loads((pipeline_repo / "metrics" / "prepare.json").read_text())
+    queries, positives = prepared["gallery"]["queries"], prepared["gallery"]["images"]
+    assert queries + positives == prepared["test"]["images"]
+    finetuned = results["finetuned"]
+    assert finetuned["num_queries"] + finetuned["num_excluded_queries"] == queries
+    index_metadata = json.loads((pipeline_repo / "data" / "index" / "finetuned" / "metadata.json").read_text())
+    assert index_metadata["num_vectors"] == positives
+
+
 def test_index_command_builds_searchable_catalog(pipeline_repo: Path, tmp_path: Path) -> None:
     catalog = copy_demo_subset(tmp_path / "shop", num_classes=2, images_per_class=3, skip=30)
     query = next(catalog.glob("*/*.png"))

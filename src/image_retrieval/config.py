@@ -66,12 +66,18 @@ class DataConfig:
     # against all the others. Otherwise a folder (or .zip, or http(s) URL of a .zip)
     # of catalog images in <class>/<image> folders: the test images are the queries,
     # scored against the catalog only, and a catalog class matches the test class
-    # of the same name.
+    # of the same name. "positives" (JSONL only): the test split's query_image
+    # images are the queries and its positive images the gallery.
     gallery: str = "test"
 
     def __post_init__(self) -> None:
         if not self.gallery.strip():
             raise ParamsError('data.gallery is empty; set it to "test" or to a folder of catalog images')
+        if self.gallery == "positives" and self.dataset != "jsonl":
+            raise ParamsError(
+                f'data.gallery="positives" needs data.dataset=jsonl (got {self.dataset!r}); '
+                'use "test" or a folder of catalog images'
+            )
 
 
 @dataclass

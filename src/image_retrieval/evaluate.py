@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 
 from image_retrieval.config import EvaluateConfig
+from image_retrieval.data.prepare import QUERIES_FILE
 from image_retrieval.embed import GALLERY_SUBDIR, StoredEmbeddings, load_embeddings
 from image_retrieval.index import load_index
 from image_retrieval.index_report import index_report
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 MODELS = ("base", "finetuned")
 LEAVE_ONE_OUT_PROTOCOL = "leave-one-out on the test split, exact inner-product search"
 QUERY_GALLERY_PROTOCOL = "test split queries against the catalog gallery, exact inner-product search"
+PAIR_PROTOCOL = "JSONL query images against the positive images of the test split, exact inner-product search"
 # K values of the Recall@K curve, on top of the headline evaluate.recall_at.
 CURVE_KS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
 
@@ -151,6 +153,19 @@ def evaluate_models(
     galleries = load_galleries(embeddings_root)
     leave_one_out = galleries is None
     rows = _with_table_columns(stored[MODELS[0]].rows, prepared_dir / "test.parquet")
+    protocol = LEAVE_ONE_OUT_PROTOCOL if leave_one_out else QUERY_GALLERY_PROTOCOL
+
+    # JSONL pairs: only the test images named as query_image are queries.
+    queries_path = gallery_dir / QUERIES_FILE
+    if not leave_one_out and queries_path.is_file():
+        is_query = rows["image_id"].is_in(pl.read_parquet(queries_path)["image_id"])
+        rows = rows.filter(is_query)
+        keep = is_query.to_numpy()
+        stored = {
+            name: StoredEmbeddings(model.embeddings[keep], model.rows.filter(is_query), model.info)
+            for name, model in stored.items()
+        }
+        protocol = PAIR_PROTOCOL
     gallery_rows = rows if leave_one_out else _with_table_columns(
         galleries[MODELS[0]].rows, gallery_dir / "gallery.parquet"
     )
@@ -215,7 +230,7 @@ def evaluate_models(
 
     metric_names = [key for key in results[MODELS[0]] if key.startswith("recall@")] + ["map@r", "r_precision"]
     payload = {
-        "protocol": LEAVE_ONE_OUT_PROTOCOL if leave_one_out else QUERY_GALLERY_PROTOCOL,
+        "protocol": protocol,
         **results,
         "difference": {key: results["finetuned"][key] - results["base"][key] for key in metric_names},
     }

@@ -23,8 +23,10 @@ logger = logging.getLogger(__name__)
 
 JSONL_FILE = "pairs.jsonl"
 JSONL_IMAGES = "images"
-# data.gallery's value for "the test split", and the folder of a fetched catalog under data/raw.
+# data.gallery's values for "the test split" and for "the positives of a JSONL pair file",
+# and the folder of a fetched catalog under data/raw.
 TEST_GALLERY = "test"
+PAIR_GALLERY = "positives"
 GALLERY_DIR = "gallery"
 
 
@@ -71,9 +73,9 @@ def read_dataset(data: DataConfig, raw_dir: Path) -> pl.DataFrame:
 def fetch_gallery(data: DataConfig, raw_dir: Path) -> Path | None:
     """Copy, extract or download the catalog named by `data.gallery` into `raw_dir / GALLERY_DIR`.
 
-    Returns None when the gallery is the test split, which needs no fetch.
+    Returns None when the gallery is (part of) the test split, which needs no fetch.
     """
-    if data.gallery == TEST_GALLERY:
+    if data.gallery in (TEST_GALLERY, PAIR_GALLERY):
         return None
     return fetch_dataset(data.gallery, raw_dir / GALLERY_DIR, parameter="data.gallery")
 
@@ -82,11 +84,20 @@ def read_gallery(data: DataConfig, raw_dir: Path) -> pl.DataFrame | None:
     """Read the fetched catalog into the common image table, or return None when the gallery is the test split.
 
     Image ids start with "gallery/", so they never collide with the dataset's ids.
+    Returns None as well for JSONL positives, which are rows of the dataset.
     """
-    if data.gallery == TEST_GALLERY:
+    if data.gallery in (TEST_GALLERY, PAIR_GALLERY):
         return None
     from image_retrieval.data.folder import read_folder
 
     return read_folder(raw_dir / GALLERY_DIR, layout="flat").with_columns(
         image_id=pl.lit(f"{GALLERY_DIR}/") + pl.col("image_id")
     )
+
+
+def read_pair_roles_of_dataset(raw_dir: Path) -> tuple[set[str], set[str]]:
+    """Return the query_image ids and positive ids of the fetched JSONL pair file."""
+    from image_retrieval.data.jsonl import read_pair_roles
+
+    root = raw_dir / "jsonl"
+    return read_pair_roles(root / JSONL_FILE, image_root=root / JSONL_IMAGES)

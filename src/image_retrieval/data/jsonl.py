@@ -74,6 +74,20 @@ def read_jsonl(jsonl_path: Path, image_root: Path | None = None) -> pl.DataFrame
     return table
 
 
+def read_pair_roles(jsonl_path: Path, image_root: Path | None = None) -> tuple[set[str], set[str]]:
+    """Return the image ids named as query_image and those named as positive in a JSONL pair file.
+
+    The ids are those of `read_jsonl`'s table. An image may be in both sets.
+    """
+    jsonl_path = Path(jsonl_path)
+    image_root = jsonl_path.parent if image_root is None else Path(image_root)
+    records = _read_records(jsonl_path, image_root)
+    # Each line adds its images in IMAGE_KEYS order: query_image, then positive.
+    query_ids = {image_id for image_id, _, _ in records[0::2]}
+    positive_ids = {image_id for image_id, _, _ in records[1::2]}
+    return query_ids, positive_ids
+
+
 def _read_records(jsonl_path: Path, image_root: Path) -> list[tuple[str, int, int]]:
     """Return (image_id, label, line number) for both images of every line."""
     records = []

@@ -25,6 +25,8 @@ SPLITS = ("train", "val", "test")
 GALLERY_SPLIT = "gallery"
 CACHE_DIR = "cache"
 GALLERY_INFO_FILE = "gallery.json"
+# With data.gallery="positives", the image ids of the test split's queries.
+QUERIES_FILE = "queries.parquet"
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 # by_image needs this many images of every class in every split, so that every
 # image has another image of its class: a positive pair in train, a match in val and test.
@@ -349,6 +351,38 @@ def prepare_gallery(
         **_split_metrics(table),
         "classes_in_test": int(table.get_column("label_name").unique().is_in(test_names).sum()),
         "excluded_images": excluded.height,
+    }
+
+
+def prepare_pair_gallery(
+    test_table: pl.DataFrame, query_ids: set[str], positive_ids: set[str], output_dir: Path
+) -> dict:
+    """Split the test split of a JSONL pair dataset into queries and a gallery of positives.
+
+    The test images named as `positive` in the pair file form the gallery
+    (gallery.parquet, rows as in test.parquet), and those named only as
+    `query_image` are the queries (queries.parquet, their image_id). An image
+    named in both roles stays in the gallery and is not a query, because a
+    query must not find itself. Returns the counts for metrics/prepare.json.
+    """
+    test_ids = test_table.get_column("image_id")
+    gallery = test_table.filter(test_ids.is_in(list(positive_ids)))
+    queries = test_table.filter(test_ids.is_in(list(query_ids - positive_ids))).select("image_id")
+    if gallery.height == 0 or queries.height == 0:
+        raise PrepareError(
+            f"the test split has {queries.height} query images and {gallery.height} positives; "
+            'data.gallery="positives" needs both, so use data.gallery=test for this pair file'
+        )
+
+    with atomic_path(Path(output_dir)) as temporary:
+        temporary.mkdir()
+        gallery.write_parquet(temporary / f"{GALLERY_SPLIT}.parquet")
+        queries.write_parquet(temporary / QUERIES_FILE)
+        write_json(temporary / GALLERY_INFO_FILE, {"gallery": "positives", "images": gallery.height})
+    return {
+        **_split_metrics(gallery),
+        "queries": queries.height,
+        "images_in_both_roles": int(test_ids.is_in(list(query_ids & positive_ids)).sum()),
     }
 
 
