@@ -315,7 +315,7 @@ def test_train_stage_runs_in_two_processes(pipeline_repo: Path) -> None:
     assert (pipeline_repo / "models" / "finetuned" / "embedder.json").is_file()
 
 
-def test_train_stage_refuses_processes_that_do_not_share_a_batch(pipeline_repo: Path) -> None:
+def test_train_stage_rejects_ungrouped_processes(pipeline_repo: Path) -> None:
     original = _set_train_launcher(pipeline_repo, "torchrun --standalone --nproc_per_node 2")
     environment = dict(os.environ)
     environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"

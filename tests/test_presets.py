@@ -95,4 +95,5 @@ def test_preset_command_prints_arguments_and_names_missing_presets(monkeypatch) 
     assert printed.exit_code == 0
     assert "-S data.dataset=sop" in printed.output
     assert missing.exit_code != 0
-    assert "sop-1gpu" in missing.output and "demo-2cpu" in missing.output
+    assert "sop-1gpu" in missing.output
+    assert "demo-2cpu" in missing.output

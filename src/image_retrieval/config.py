@@ -479,9 +479,20 @@ def load_params(section: str, params_file: Path = PARAMS_FILE):
 
     with open(params_file, encoding="utf-8") as stream:
         all_params = yaml.safe_load(stream) or {}
+    return parse_params(section, all_params, str(params_file))
+
+
+def parse_params(section: str, all_params: dict, source: str = "params.yaml"):
+    """Build one section's config dataclass from an already parsed params mapping.
+
+    `source` names where the mapping came from in error messages. Raises
+    ParamsError like `load_params`.
+    """
+    if section not in SECTIONS:
+        raise ParamsError(f"unknown params section {section!r}; expected one of {', '.join(SECTIONS)}")
     values = all_params.get(section) or {}
     if not isinstance(values, dict):
-        raise ParamsError(f"{section} in {params_file} must be a mapping, got {values!r}")
+        raise ParamsError(f"{section} in {source} must be a mapping, got {values!r}")
 
     return _build(SECTIONS[section], values, section)
 

@@ -309,17 +309,11 @@ def _average_metrics(
     is_relevant: np.ndarray, relevant_counts: np.ndarray, recall_ks: list[int]
 ) -> RetrievalMetrics:
     """Average the metrics over n queries from the [n, k] relevance of their ranked results and their [n] R values, all > 0."""
-    ranks = np.arange(1, is_relevant.shape[1] + 1)
-
     recall_at_k = {
         top_k: float(is_relevant[:, :top_k].any(axis=1).mean()) for top_k in recall_ks
     }
 
-    # Only the top R results count towards MAP@R and R-precision.
-    is_relevant_within_r = is_relevant & (ranks <= relevant_counts[:, None])
-    precision_at_rank = np.cumsum(is_relevant_within_r, axis=1) / ranks
-    average_precision_at_r = (precision_at_rank * is_relevant_within_r).sum(axis=1) / relevant_counts
-    r_precision = is_relevant_within_r.sum(axis=1) / relevant_counts
+    average_precision_at_r, r_precision = _precision_within_r(is_relevant, relevant_counts)
 
     return RetrievalMetrics(
         recall_at_k=recall_at_k,
@@ -328,6 +322,19 @@ def _average_metrics(
         num_queries=len(relevant_counts),
         num_excluded_queries=0,
     )
+
+
+def _precision_within_r(is_relevant: np.ndarray, relevant_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return each query's average precision at R and R-precision from its [k] ranked relevance and its R.
+
+    Only the top R results count. A query with R == 0 gets 0 for both.
+    """
+    ranks = np.arange(1, is_relevant.shape[1] + 1)
+    is_relevant_within_r = is_relevant & (ranks <= relevant_counts[:, None])
+    precision_at_rank = np.cumsum(is_relevant_within_r, axis=1) / ranks
+    divisor = np.maximum(relevant_counts, 1)
+    average_precision_at_r = (precision_at_rank * is_relevant_within_r).sum(axis=1) / divisor
+    return average_precision_at_r, is_relevant_within_r.sum(axis=1) / divisor
 
 
 def _top_k_positions(scores: np.ndarray, k: int) -> np.ndarray:
@@ -507,16 +514,13 @@ def per_query_results(
     relevant_counts = _count_relevant(query_labels, gallery_labels, leave_one_out)
     is_relevant = gallery_labels[neighbors] == query_labels[:, None]
 
-    ranks = np.arange(1, neighbors.shape[1] + 1)
     has_relevant = is_relevant.any(axis=1)
     first_relevant_ranks = np.where(has_relevant, is_relevant.argmax(axis=1) + 1, 0)
+    average_precision_at_r, r_precision = _precision_within_r(is_relevant, relevant_counts)
 
-    is_relevant_within_r = is_relevant & (ranks <= relevant_counts[:, None])
-    precision_at_rank = np.cumsum(is_relevant_within_r, axis=1) / ranks
-    divisor = np.maximum(relevant_counts, 1)
     return PerQueryResults(
         relevant_counts=relevant_counts,
         first_relevant_ranks=first_relevant_ranks.astype(np.int64),
-        average_precision_at_r=(precision_at_rank * is_relevant_within_r).sum(axis=1) / divisor,
-        r_precision=is_relevant_within_r.sum(axis=1) / divisor,
+        average_precision_at_r=average_precision_at_r,
+        r_precision=r_precision,
     )

@@ -5,13 +5,12 @@ from __future__ import annotations
 import copy
 import json
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from image_retrieval.config import SECTIONS, ParamsError, load_params
+from image_retrieval.config import SECTIONS, ParamsError, parse_params
 
 PRESETS_DIR = Path("presets")
 
@@ -60,12 +59,9 @@ def load_preset(name: str, params_file: Path, presets_dir: Path = PRESETS_DIR) -
     params = yaml.safe_load(params_file.read_text(encoding="utf-8")) or {}
     merged = apply_preset(params, preset)
 
-    # Validate through the same typed loader the stages use.
-    with tempfile.TemporaryDirectory() as scratch:
-        merged_file = Path(scratch) / "params.yaml"
-        merged_file.write_text(yaml.safe_dump(merged), encoding="utf-8")
-        for section in SECTIONS:
-            load_params(section, merged_file)
+    # Validate through the same typed config the stages build.
+    for section in SECTIONS:
+        parse_params(section, merged, f"{params_file} with preset {name}")
     return flatten(preset)
 
 
